@@ -1,0 +1,38 @@
+"""The adapter interface that a per-architecture patch module implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ArchAdapter:
+    """Architecture specifics for the shared hooks in `stop_hf.hooks`.
+
+    Subclasses implement `install_capture` (wrap the video encoder, record one `VideoRecord` per video) and may
+    override the position policy and `after_prefill`.
+    """
+
+    name: str = ""
+    #: True when the LLM uses 1-D positions (decode positions can be derived from the last prompt position).
+    positions_1d: bool = True
+    #: method -> reference position policy for this architecture; others use `default_position`.
+    position_policy: dict[str, str] = {}
+    default_position: str = "original"
+
+    def default_position_mode(self, method: str) -> str:
+        return self.position_policy.get(method, self.default_position)
+
+    def base_model(self, model: Any) -> Any:
+        return model.model
+
+    def language_model(self, model: Any) -> Any:
+        return model.model.language_model
+
+    def video_token_id(self, model: Any) -> int:
+        return int(model.config.video_token_id)
+
+    def install_capture(self, model: Any, state: Any) -> list[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_prefill(self, state: Any, original_length: int, pruned_length: int) -> None:
+        """Called once a prefill is pruned (Qwen shifts rope_deltas here)."""

@@ -1,0 +1,139 @@
+"""LLaVA-OneVision: SigLIP 27x27 patches, bilinear pooling to 14x14, one image_newline appended per video.
+
+Signals, all pooled exactly like the features (with the model's own `apply_pooling`):
+- attention: mean attention received per patch at the saliency layer (default: the layer producing the features),
+  recomputed from that layer's q/k in a pre-hook on its `self_attn`, in frame chunks.
+- keys: that layer's keys averaged over heads.
+- global_features: the frame's mean pre-projection feature. FastVID used SigLIP's attention-pooling (MAP) head, which
+  HF LLaVA-OV checkpoints do not ship; the mean feature is the closest head-free frame descriptor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from stop_hf.hooks import StopState, VideoRecord, wrap_method
+from stop_hf.signals import attention_received, head_mean_keys
+
+from .base import ArchAdapter
+
+
+class LlavaOnevisionAdapter(ArchAdapter):
+    name = "llava_onevision"
+    positions_1d = True
+    # The reference implementations: VisionZip/HoliTom renumber positions, FastVID keeps original ones.
+    position_policy = {"visionzip": "compact", "holitom": "compact", "fastvid": "original"}
+    default_position = "original"
+
+    def encoder_layers(self, model: Any) -> Any:
+        return self.base_model(model).vision_tower.vision_model.encoder.layers
+
+    def saliency_layer_index(self, model: Any, configured: int | None) -> int:
+        """The encoder layer whose attention is recomputed; default: the layer whose output are the features."""
+        layers = len(self.encoder_layers(model))
+        if configured is None:
+            feature_layer = model.config.vision_feature_layer
+            if not isinstance(feature_layer, int):
+                raise ValueError(
+                    f"vision_feature_layer={feature_layer!r} selects several layers; set stop_config.saliency_layer "
+                    f"to one encoder layer index in [-{layers}, {layers - 1}]"
+                )
+            # hidden_states[k] is the output of layer k-1 (hidden_states[0] is the embeddings).
+            index = feature_layer + layers if feature_layer < 0 else feature_layer - 1
+            return max(index, 0)
+        if not -layers <= configured < layers:
+            raise ValueError(
+                f"stop_config.saliency_layer={configured} is out of range for a vision tower with {layers} layers; "
+                f"allowed: -{layers} .. {layers - 1}"
+            )
+        return configured % layers
+
+    def install_capture(self, model: Any, state: StopState) -> list[Any]:
+        base = self.base_model(model)
+        vision = model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pooled_side = math.ceil(side / 2)
+        needs = set(state.needs)
+        handles: list[Any] = []
+
+        def make_wrapper(original):
+            def get_video_features(pixel_values_videos, *args, **kwargs):
+                state.capturing = {"attention": [], "keys": [], "global": [], "seconds": 0.0}
+                try:
+                    output = original(pixel_values_videos, *args, **kwargs)
+                finally:
+                    buffer, state.capturing = state.capturing, None
+                pooled = output.pooler_output if hasattr(output, "pooler_output") else output[1]
+                videos, frames = pixel_values_videos.shape[:2]
+                started = time.perf_counter()
+                attention = keys = global_features = None
+                if buffer["attention"]:
+                    attention = base.apply_pooling(torch.cat(buffer["attention"])[..., None])[..., 0]
+                if buffer["keys"]:
+                    keys = base.apply_pooling(torch.cat(buffer["keys"]))
+                if buffer["global"]:
+                    global_features = torch.cat(buffer["global"])
+                seconds = buffer["seconds"] + time.perf_counter() - started
+                state.videos = [
+                    VideoRecord(
+                        features=pooled[v],
+                        frames=frames,
+                        grid=(pooled_side, pooled_side),
+                        trailing_tokens=1,  # the image_newline: always kept, last token of the video
+                        attention=None if attention is None else attention[v * frames : (v + 1) * frames],
+                        keys=None if keys is None else keys[v * frames : (v + 1) * frames],
+                        global_features=None
+                        if global_features is None
+                        else global_features[v * frames : (v + 1) * frames],
+                        attention_patches=side * side,
+                        signal_seconds=seconds / videos,
+                    )
+                    for v in range(videos)
+                ]
+                return output
+
+            return get_video_features
+
+        handles.append(wrap_method(base, "get_video_features", make_wrapper))
+
+        if needs & {"attention", "keys"}:
+            layer = self.encoder_layers(model)[self.saliency_layer_index(model, state.config.saliency_layer)]
+            attn = layer.self_attn
+            chunk = state.config.signal_chunk_frames
+
+            def capture_attention(module, args, kwargs):
+                if state.capturing is None:
+                    return None
+                started = time.perf_counter()
+                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                with torch.no_grad():
+                    shape = (*hidden.shape[:-1], -1, module.head_dim)
+                    keys = module.k_proj(hidden).view(shape).transpose(1, 2)  # (B, H, N, dh)
+                    if "attention" in needs:
+                        queries = module.q_proj(hidden).view(shape).transpose(1, 2)
+                        state.capturing["attention"].append(
+                            attention_received(queries, keys, module.scale, chunk)
+                        )
+                    if "keys" in needs:
+                        state.capturing["keys"].append(head_mean_keys(keys))
+                state.capturing["seconds"] += time.perf_counter() - started
+                return None
+
+            handles.append(attn.register_forward_pre_hook(capture_attention, with_kwargs=True))
+
+        if "global_features" in needs:
+
+            def capture_global(module, args, kwargs):
+                if state.capturing is not None:
+                    features = kwargs.get("image_features", args[0] if args else None)
+                    state.capturing["global"].append(features.detach().float().mean(dim=1))
+                return None
+
+            handles.append(
+                base.multi_modal_projector.register_forward_pre_hook(capture_global, with_kwargs=True)
+            )
+        return handles

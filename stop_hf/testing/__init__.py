@@ -1,0 +1,36 @@
+"""Test helpers shipped with stop-hf, usable by users too: tiny models with real token geometry, an offline
+tokenizer and the real HF processors, PyAV videos, the masked-reference oracle and the conformance runner."""
+
+from .models import (
+    ARCHITECTURES,
+    QK_SCALE,
+    build_processor,
+    build_tiny_model,
+    build_tokenizer,
+    save_tiny_checkpoint,
+    tiny_checkpoint,
+    tiny_llava_onevision_config,
+    tiny_qwen2_5_vl_config,
+    token_id,
+)
+from .reference import capture_lm_inputs, kept_logits, masked_reference_logits
+from .video import read_video, synthetic_frames, write_video
+
+__all__ = [
+    "ARCHITECTURES",
+    "QK_SCALE",
+    "build_processor",
+    "build_tiny_model",
+    "build_tokenizer",
+    "capture_lm_inputs",
+    "kept_logits",
+    "masked_reference_logits",
+    "read_video",
+    "save_tiny_checkpoint",
+    "synthetic_frames",
+    "tiny_checkpoint",
+    "tiny_llava_onevision_config",
+    "tiny_qwen2_5_vl_config",
+    "token_id",
+    "write_video",
+]

@@ -1,0 +1,242 @@
+"""Tiny random models with the real token geometry, an offline tokenizer and the real HF processors.
+
+Nothing here downloads anything. Models are built from configs, saved with `save_pretrained` and loaded back
+through the real `from_pretrained` path, so tests exercise what users run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+#: q/k projections are scaled by this in tiny models: random-init attention is otherwise nearly uniform, and
+#: position bugs would not show in the logits.
+QK_SCALE = 6.0
+
+WORDS = ["user", "assistant", "system", "?", ".", ",", ":", ";", "!", "'", "(", ")", "-", "the", "a", "an", "is", "are", "was", "were", "be", "been", "of", "to", "in", "on", "at", "by", "for", "with", "from", "and", "or", "not", "no", "yes", "what", "which", "who", "where", "when", "how", "why", "this", "that", "these", "those", "it", "its", "there", "here", "video", "frame", "image", "scene", "person", "man", "woman", "child", "dog", "cat", "car", "ball", "table", "chair", "door", "window", "room", "street", "road", "tree", "sky", "water", "red", "blue", "green", "yellow", "black", "white", "small", "large", "left", "right", "top", "bottom", "front", "back", "up", "down", "open", "close", "walk", "run", "jump", "sit", "stand", "hold", "take", "put", "give", "look", "see", "show", "move", "turn", "play", "eat", "drink", "read", "write", "talk", "happen", "happens", "happened", "first", "last", "next", "then", "before", "after", "during", "while", "one", "two", "three", "four", "five", "many", "few", "some", "all", "any", "each", "every", "other", "same", "different", "answer", "question", "option", "choose", "describe", "count", "color", "shape", "object", "action", "event", "time", "start", "end", "begin", "finish", "does", "do", "did", "can", "could", "will", "would", "should", "may", "might", "must", "has", "have", "had", "get", "got", "make", "made", "go", "went", "come", "came"]
+
+SPECIAL_TOKENS = (
+    "<pad>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<image>",
+    "<video>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}{{ video_placeholder }}{% elif part['type'] == 'image' %}"
+    "{{ image_placeholder }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+VOCAB_SIZE = 512
+
+
+def build_tokenizer():
+    """A word-level fast tokenizer with the special tokens both architectures need. ids: specials first."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    for i in range(len(vocab), VOCAB_SIZE):
+        vocab[f"w{i}"] = i
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        bos_token=None,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<pad>", "<unk>")],
+        padding_side="left",
+    )
+    from tokenizers import decoders
+
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer._tokenizer.decoder = backend.decoder
+    return tokenizer
+
+
+def token_id(token: str) -> int:
+    return SPECIAL_TOKENS.index(token)
+
+
+def _scale_qk(module: torch.nn.Module, names: tuple[str, ...]) -> None:
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if any(part in name for part in names) and name.endswith("weight"):
+                param.mul_(QK_SCALE)
+
+
+def tiny_llava_onevision_config(**overrides):
+    """LLaVA-OneVision with SigLIP 384/14 geometry (729 patches -> 196 pooled tokens per frame)."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=14,
+        image_size=384,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        eos_token_id=token_id("<|im_end|>"),
+        pad_token_id=token_id("<pad>"),
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=token_id("<image>"),
+        video_token_index=token_id("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        **overrides,
+    )
+    config.eos_token_id = token_id("<|im_end|>")
+    config.pad_token_id = token_id("<pad>")
+    return config
+
+
+def tiny_qwen2_5_vl_config(**overrides):
+    """Qwen2.5-VL with real geometry: patch 14, merge 2, temporal patch 2, window attention + full blocks."""
+    from transformers import Qwen2_5_VLConfig
+
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        },
+        text_config={
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            "eos_token_id": token_id("<|im_end|>"),
+            "pad_token_id": token_id("<pad>"),
+            "bos_token_id": None,
+        },
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        **overrides,
+    )
+    config.eos_token_id = token_id("<|im_end|>")
+    config.pad_token_id = token_id("<pad>")
+    return config
+
+
+ARCHITECTURES = ("llava_onevision", "qwen2_5_vl")
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch={arch!r} is not supported; allowed: {list(ARCHITECTURES)}")
+
+
+def build_tiny_model(arch: str = "llava_onevision", seed: int = 0):
+    """A random tiny model of `arch` (in memory, eval mode, fp32). q/k projections scaled by QK_SCALE."""
+    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+    _check_arch(arch)
+    torch.manual_seed(seed)
+    if arch == "llava_onevision":
+        model = LlavaOnevisionForConditionalGeneration(tiny_llava_onevision_config())
+    else:
+        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config())
+    _scale_qk(model, ("q_proj", "k_proj", "attn.qkv"))
+    return model.eval()
+
+
+def save_tiny_checkpoint(path: str | Path, arch: str = "llava_onevision", seed: int = 0) -> Path:
+    """Writes a tiny model, its tokenizer and processor to `path` (a from_pretrained-able folder)."""
+    path = Path(path)
+    build_tiny_model(arch, seed).save_pretrained(path)
+    build_processor(arch).save_pretrained(path)
+    return path
+
+
+def tiny_checkpoint(arch: str = "llava_onevision", seed: int = 0) -> Path:
+    """A cached tiny checkpoint folder for this process (created on first use)."""
+    _check_arch(arch)
+    key = (arch, seed)
+    if key not in _CHECKPOINTS:
+        folder = Path(tempfile.mkdtemp(prefix=f"stop_hf_tiny_{arch}_"))
+        _CHECKPOINTS[key] = save_tiny_checkpoint(folder, arch, seed)
+    return _CHECKPOINTS[key]
+
+
+_CHECKPOINTS: dict[tuple[str, int], Path] = {}
+
+
+def build_processor(arch: str = "llava_onevision"):
+    """The real HF processor of `arch` around the offline tokenizer."""
+    _check_arch(arch)
+    tokenizer = build_tokenizer()
+    if arch == "llava_onevision":
+        from transformers import (
+            LlavaOnevisionImageProcessor,
+            LlavaOnevisionProcessor,
+            LlavaOnevisionVideoProcessor,
+        )
+
+        template = CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>").replace(
+            "{{ image_placeholder }}", "<image>"
+        )
+        return LlavaOnevisionProcessor(
+            image_processor=LlavaOnevisionImageProcessor(),
+            video_processor=LlavaOnevisionVideoProcessor(),
+            tokenizer=tokenizer,
+            num_image_tokens=729,
+            vision_feature_select_strategy="full",
+            chat_template=template,
+        )
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    template = CHAT_TEMPLATE.replace(
+        "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
+    ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )

@@ -1,0 +1,64 @@
+"""The masked-reference oracle: a full-length forward of the UNPATCHED model in which dropped video tokens are masked
+out as keys, merged tokens replace their representative's embedding, and every token keeps its original position.
+A pruned prefill (position_mode='original') must reproduce its logits at the kept positions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def capture_lm_inputs(model: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Runs the model once and returns what its inner language model received (embeds, mask, positions)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, kwargs):
+        captured.update({k: kwargs.get(k) for k in ("inputs_embeds", "attention_mask", "position_ids")})
+
+    handle = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return captured
+
+
+def masked_reference_logits(
+    unpatched_model: Any, inputs: dict[str, Any], report: list[dict[str, Any]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, L, V) of the masked/merged full-length reference, and the kept mask (B, L) in prompt order.
+
+    `report` is `stop_hf.last_prune_report(patched_model)` for the same inputs.
+    """
+    lm_inputs = capture_lm_inputs(unpatched_model, inputs)
+    embeds = lm_inputs["inputs_embeds"].clone()
+    batch, length, _ = embeds.shape
+    pad = lm_inputs["attention_mask"]
+    pad = torch.ones(batch, length, dtype=torch.bool) if pad is None else pad.bool()
+    positions = lm_inputs["position_ids"]
+    if positions is None:
+        positions = torch.arange(length)[None].expand(batch, length)
+    keep = torch.ones(batch, length, dtype=torch.bool)
+    for entry in report:
+        result = entry["result"]
+        grid_tokens = entry["frames"] * entry["grid"][0] * entry["grid"][1]
+        for row, start in entry["placements"]:
+            keep[row, start : start + grid_tokens] = False
+            keep[row, start + result.index] = True
+            embeds[row, start + result.index] = result.embeds.to(embeds.dtype)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    attend = causal[None] & keep[:, None, :] & pad[:, None, :]
+    attend = attend | torch.eye(length, dtype=torch.bool)[None]
+    with torch.no_grad():
+        hidden = unpatched_model.model.language_model(
+            inputs_embeds=embeds, attention_mask=attend[:, None], position_ids=positions
+        ).last_hidden_state
+        logits = unpatched_model.lm_head(hidden)
+    return logits, keep & pad
+
+
+def kept_logits(logits: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+    """Per row, the logits at kept positions, in order: a list of (K_b, V)."""
+    return [logits[b][keep[b]] for b in range(logits.shape[0])]

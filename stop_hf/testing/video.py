@@ -1,0 +1,74 @@
+"""Synthetic videos written with PyAV: a moving object on a textured background, optionally with a planted
+"sink" patch that stays fixed and bright in every frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_frames(
+    num_frames: int = 8,
+    height: int = 240,
+    width: int = 320,
+    seed: int = 0,
+    sink_patch: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames. `sink_patch=(row, col, size)` plants a constant bright square in every frame."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = (
+        np.stack([np.sin(xx / 17.0 + c) * np.cos(yy / 23.0 - c) for c in range(3)], axis=-1) * 60 + 100
+    ).astype(np.float32)
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    size = max(8, height // 6)
+    for t in range(num_frames):
+        frame = background + rng.normal(0, 6, background.shape).astype(np.float32)
+        cy = int((height - size) * (0.2 + 0.6 * t / max(num_frames - 1, 1)))
+        cx = int((width - size) * (0.8 - 0.6 * t / max(num_frames - 1, 1)))
+        frame[cy : cy + size, cx : cx + size] = (230, 40 + 20 * (t % 5), 40)
+        if sink_patch is not None:
+            r, c, s = sink_patch
+            frame[r : r + s, c : c + s] = 250
+        frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_video(path: str | Path, frames: np.ndarray | None = None, fps: int = 4, **frame_kwargs) -> Path:
+    """Encodes frames (T, H, W, 3) uint8 to an H.264 mp4 with PyAV. Generates `synthetic_frames` when None."""
+    import av
+
+    path = Path(path)
+    if frames is None:
+        frames = synthetic_frames(**frame_kwargs)
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = width - width % 2, height - height % 2
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def read_video(path: str | Path, num_frames: int = 8) -> np.ndarray:
+    """Decodes `num_frames` uniformly sampled frames (T, H, W, 3) uint8 with PyAV. Clear errors for bad files."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
+    try:
+        with av.open(str(path)) as container:
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+        raise ValueError(f"video file {str(path)!r} could not be decoded: {exc}") from None
+    if not decoded:
+        raise ValueError(f"video file {str(path)!r} contains no video frames")
+    picks = np.linspace(0, len(decoded) - 1, num=min(num_frames, len(decoded))).round().astype(int)
+    return np.stack([decoded[i] for i in picks])
