@@ -25,6 +25,10 @@ class ArchAdapter:
     def base_model(self, model: Any) -> Any:
         return model.model
 
+    def vision_module(self, model: Any) -> Any:
+        """The vision encoder (timed as the 'vision' stage)."""
+        return model.model.vision_tower
+
     def language_model(self, model: Any) -> Any:
         return model.model.language_model
 

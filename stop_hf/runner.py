@@ -1,0 +1,236 @@
+"""`VideoLLM`: load a supported model + processor, turn (video, question) into inputs, answer with timings.
+
+Shared by the CLI (`demo`, `run`, `eval`), the lmms-eval plugin and the benchmarks, so every entry point measures
+and prompts the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import StopConfig
+from .loading import ConfigLike, is_patched, last_prune_report, patch, unpatch
+
+
+@dataclass
+class Answer:
+    """One answer and what it cost. Times in seconds."""
+
+    text: str
+    prompt_tokens: int
+    prompt_tokens_after: int
+    video_tokens: int
+    video_tokens_after: int
+    timings: dict[str, float] = field(default_factory=dict)
+    report: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens_after": self.prompt_tokens_after,
+            "video_tokens": self.video_tokens,
+            "video_tokens_after": self.video_tokens_after,
+            "timings": self.timings,
+        }
+
+
+class StageTimer:
+    """Times the vision encoder, the LLM prefill and the decode steps with forward hooks (removed on exit)."""
+
+    def __init__(self, vision: torch.nn.Module, language_model: torch.nn.Module) -> None:
+        self.vision, self.language_model = vision, language_model
+        self.times: dict[str, float] = {"vision": 0.0, "prefill": 0.0, "decode": 0.0}
+        self.decode_steps = 0
+        self._started: dict[str, float] = {}
+        self.prefill_tokens = 0
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    @contextmanager
+    def measure(self):
+        def start(name):
+            def hook(module, args, kwargs):
+                self._sync()
+                self._started[name] = time.perf_counter()
+
+            return hook
+
+        def stop_vision(module, args, kwargs, output):
+            self._sync()
+            self.times["vision"] += time.perf_counter() - self._started.pop("vision")
+
+        def stop_lm(module, args, kwargs, output):
+            self._sync()
+            elapsed = time.perf_counter() - self._started.pop("lm")
+            cache = kwargs.get("past_key_values")
+            length = kwargs["inputs_embeds"].shape[1] if kwargs.get("inputs_embeds") is not None else 0
+            if self.prefill_tokens == 0:
+                self.times["prefill"] += elapsed
+                self.prefill_tokens = length
+            else:
+                self.times["decode"] += elapsed
+                self.decode_steps += 1
+            del cache
+
+        handles = [
+            self.vision.register_forward_pre_hook(start("vision"), with_kwargs=True),
+            self.vision.register_forward_hook(stop_vision, with_kwargs=True),
+            # registered after the pruning hook, so it sees (and times) the pruned prefill
+            self.language_model.register_forward_pre_hook(start("lm"), with_kwargs=True),
+            self.language_model.register_forward_hook(stop_lm, with_kwargs=True),
+        ]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _arch_of(model: Any) -> str:
+    from stop_hf.patches import adapter_for
+
+    return adapter_for(model).name
+
+
+class VideoLLM:
+    """A model, its processor and the prompt format of its architecture."""
+
+    def __init__(self, model: Any, processor: Any, num_frames: int = 8) -> None:
+        self.model = model
+        self.processor = processor
+        self.arch = _arch_of(model)
+        self.num_frames = num_frames
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str | Path,
+        stop_config: ConfigLike | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        num_frames: int = 8,
+        **hf_kwargs: Any,
+    ) -> VideoLLM:
+        from transformers import AutoProcessor
+
+        from .loading import from_pretrained
+
+        torch_dtype = _dtype(dtype, device)
+        model = from_pretrained(model_id, stop_config=stop_config, dtype=torch_dtype, **hf_kwargs)
+        model.to(device).eval()
+        processor = AutoProcessor.from_pretrained(model_id)
+        return cls(model, processor, num_frames=num_frames)
+
+    @classmethod
+    def tiny(cls, arch: str = "llava_onevision", stop_config: ConfigLike | None = None, num_frames: int = 8):
+        """The embedded tiny random model (no download), loaded through the real from_pretrained path."""
+        from .testing import tiny_checkpoint
+
+        return cls.from_pretrained(tiny_checkpoint(arch), stop_config=stop_config, num_frames=num_frames)
+
+    def set_stop_config(self, stop_config: ConfigLike | None) -> None:
+        """Switches pruning on (a config) or off (None) on the loaded model."""
+        if stop_config is None:
+            unpatch(self.model)
+        else:
+            patch(self.model, StopConfig.from_any(stop_config))
+
+    # ------------------------------------------------------------------ inputs
+    def load_frames(self, video: str | Path | np.ndarray | list) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames from a file (PyAV, uniform sampling) or an array/list of frames."""
+        from .testing.video import read_video
+
+        if isinstance(video, (str, Path)):
+            return read_video(video, self.num_frames)
+        frames = np.asarray(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"video frames must be (T, H, W, 3) uint8, got shape {frames.shape}")
+        return frames
+
+    def prompt(self, question: str, num_videos: int = 1) -> str:
+        content = [{"type": "video"}] * num_videos + [{"type": "text", "text": question}]
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+
+    def prepare(self, video: Any, question: str) -> dict[str, Any]:
+        """Processor inputs for one video and one question, on the model's device."""
+        if not question or not str(question).strip():
+            raise ValueError("question must be a non-empty string")
+        frames = self.load_frames(video)
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        kwargs: dict[str, Any] = {}
+        if self.arch == "qwen2_5_vl":
+            kwargs["fps"] = 2.0  # without the sampling fps Qwen's temporal position ids collapse
+        inputs = self.processor(text=[self.prompt(question)], videos=[clip], return_tensors="pt", **kwargs)
+        return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+    # ------------------------------------------------------------------ answering
+    @torch.no_grad()
+    def answer(self, video: Any, question: str, max_new_tokens: int = 32, **generate_kwargs: Any) -> Answer:
+        inputs = self.prepare(video, question)
+        return self.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+    @torch.no_grad()
+    def generate(self, inputs: dict[str, Any], max_new_tokens: int = 32, **generate_kwargs: Any) -> Answer:
+        from stop_hf.patches import adapter_for
+
+        adapter = adapter_for(self.model)
+        timer = StageTimer(adapter.vision_module(self.model), adapter.language_model(self.model))
+        generate_kwargs.setdefault("do_sample", False)
+        started = time.perf_counter()
+        with timer.measure():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        total = time.perf_counter() - started
+        prompt_length = inputs["input_ids"].shape[1]
+        text = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0].strip()
+        video_tokens = int((inputs["input_ids"] == adapter.video_token_id(self.model)).sum())
+        report = last_prune_report(self.model) if is_patched(self.model) else []
+        pruned_video = video_tokens - sum(e["tokens_before"] - e["tokens_after"] for e in report)
+        signal = sum(e["signal_seconds"] for e in report)
+        timings = {
+            "vision": timer.times["vision"],
+            "signals": signal,
+            "pruning": sum(e["prune_seconds"] for e in report),
+            "prefill": timer.times["prefill"],
+            "decode": timer.times["decode"],
+            "decode_per_token": timer.times["decode"] / max(timer.decode_steps, 1),
+            "total": total,
+        }
+        return Answer(
+            text=text,
+            prompt_tokens=prompt_length,
+            prompt_tokens_after=timer.prefill_tokens,
+            video_tokens=video_tokens,
+            video_tokens_after=pruned_video,
+            timings=timings,
+            report=report,
+        )
+
+
+def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
+    names |= {"fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed: {sorted(names)} or 'auto'")
+    return names[dtype]
