@@ -30,7 +30,8 @@ class LlavaOnevisionAdapter(ArchAdapter):
     default_position = "original"
 
     def encoder_layers(self, model: Any) -> Any:
-        return self.base_model(model).vision_tower.vision_model.encoder.layers
+        tower = self.base_model(model).vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers  # transformers 5.x dropped the wrapper
 
     def saliency_layer_index(self, model: Any, configured: int | None) -> int:
         """The encoder layer whose attention is recomputed; default: the layer whose output are the features."""

@@ -112,8 +112,9 @@ class StopConfig:
     # ------------------------------------------------------------------ derived
     @property
     def is_identity(self) -> bool:
-        """True when the config cannot change the model's output."""
-        return self.method == "none" or (self.retention >= 1.0 and self.method in ("uniform", "random"))
+        """True when the config leaves the model untouched: method none, or retention 1.0 (every token kept; methods
+        that would still merge or reorder at 1.0 are not run, so the logits stay bit-identical)."""
+        return self.method == "none" or self.retention >= 1.0
 
     def resolved_sink(self) -> Sink | None:
         if not self.sink:

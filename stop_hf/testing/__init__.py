@@ -13,7 +13,7 @@ from .models import (
     tiny_qwen2_5_vl_config,
     token_id,
 )
-from .reference import capture_lm_inputs, kept_logits, masked_reference_logits
+from .reference import capture_lm_inputs, kept_logits, masked_reference_logits, spliced_reference_logits
 from .video import read_video, synthetic_frames, write_video
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "masked_reference_logits",
     "read_video",
     "save_tiny_checkpoint",
+    "spliced_reference_logits",
     "synthetic_frames",
     "tiny_checkpoint",
     "tiny_llava_onevision_config",

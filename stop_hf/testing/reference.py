@@ -62,3 +62,36 @@ def masked_reference_logits(
 def kept_logits(logits: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
     """Per row, the logits at kept positions, in order: a list of (K_b, V)."""
     return [logits[b][keep[b]] for b in range(logits.shape[0])]
+
+
+def spliced_reference_logits(
+    unpatched_model: Any, inputs: dict[str, Any], report: list[dict[str, Any]]
+) -> torch.Tensor:
+    """Logits (1, L', V) of the UNPATCHED language model fed the pruned sequence built by hand from `report`:
+    each video's output tokens in the method's reference order, sequential positions (position_mode='compact').
+    Batch size 1."""
+    lm_inputs = capture_lm_inputs(unpatched_model, inputs)
+    embeds = lm_inputs["inputs_embeds"][0]
+    placements = sorted(
+        ((start, entry) for entry in report for row, start in entry["placements"] if row == 0),
+        key=lambda p: p[0],
+    )
+    pieces, previous = [], 0
+    for start, entry in placements:
+        grid_tokens = entry["frames"] * entry["grid"][0] * entry["grid"][1]
+        video_end = start + entry["tokens_before"]
+        pieces += [
+            embeds[previous:start],
+            entry["result"].embeds.to(embeds.dtype),
+            embeds[start + grid_tokens : video_end],
+        ]
+        previous = video_end
+    pieces.append(embeds[previous:])
+    sequence = torch.cat(pieces)[None]
+    with torch.no_grad():
+        hidden = unpatched_model.model.language_model(
+            inputs_embeds=sequence,
+            attention_mask=torch.ones(sequence.shape[:2], dtype=torch.long),
+            position_ids=torch.arange(sequence.shape[1])[None],
+        ).last_hidden_state
+        return unpatched_model.lm_head(hidden)
