@@ -133,7 +133,7 @@ class StopConfig:
         except (TypeError, ValueError) as exc:
             raise StopConfigError(
                 f"stop_config.params={self.params!r} invalid for method {self.method!r}: {exc}"
-            )
+            ) from None
 
     def resolved(self) -> dict[str, Any]:
         """Every setting with its default filled in, as a user would want to read it."""
