@@ -1,0 +1,171 @@
+"""VisionZip for video (the HoliTom authors' LLaVA-OneVision port): per frame, dominant + contextual tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from . import register
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, topk_lowest_index
+from .density import EPS, group_sum, selection_mask, split_by_mask, take_rows
+
+#: tokens per frame that the reference scripts use for 196-token frames (LLaVA-OV, 14x14).
+SPATIAL_TOKENS_196 = {0.10: 20, 0.15: 30, 0.20: 40, 0.25: 50}
+
+
+@dataclass
+class VisionZipPruner(Pruner):
+    """VisionZip, frames independent: keep the top-attention "dominant" tokens and merge the rest into a few
+    "contextual" tokens (uniform-stride targets, hard cosine assignment on the keys, target + mean of members).
+
+    Parameters:
+        spatial_tokens: tokens per frame. None: the reference table for N=196 (0.10->20, 0.15->30, 0.20->40,
+            0.25->50), otherwise round(N * retention); clamped to [1, N].
+        dominant_ratio: dominant = floor(spatial_tokens * ratio), contextual = the rest (54/64 in the reference).
+        sink_target_skip_topk: SToP only. The contextual target indices (positions in the frame's non-dominant
+            list) are moved up past the grid positions of the top-k sink scores, reproducing the reference's
+            mixing of the two index spaces.
+
+    Output per frame: [dominant tokens, increasing position] then [contextual tokens, target order]; frames in
+    time order; M = T * spatial_tokens. A contextual token's index is its target's position.
+
+    Robustness beyond the reference (which never hits these): a skipped target that would run past the end of
+    the non-dominant list takes the largest free index below it instead (or stays put if every index is a sink
+    position); keys of zero norm are normalised with an epsilon (no NaN); contextual_num = 0 yields only
+    dominant tokens.
+    """
+
+    name: ClassVar[str] = "visionzip"
+    needs: ClassVar[tuple[str, ...]] = ("attention", "keys")
+
+    spatial_tokens: int | None = None
+    dominant_ratio: float = 54 / 64
+    sink_target_skip_topk: int = 20
+
+    def __post_init__(self) -> None:
+        if self.spatial_tokens is not None and (
+            isinstance(self.spatial_tokens, bool)
+            or not isinstance(self.spatial_tokens, int)
+            or self.spatial_tokens < 1
+        ):
+            raise ValueError(
+                f"visionzip spatial_tokens={self.spatial_tokens!r} must be a positive integer or None"
+            )
+        if not 0 <= float(self.dominant_ratio) <= 1:
+            raise ValueError(f"visionzip dominant_ratio={self.dominant_ratio!r} must be in [0, 1]")
+        if int(self.sink_target_skip_topk) < 0:
+            raise ValueError(f"visionzip sink_target_skip_topk={self.sink_target_skip_topk!r} must be >= 0")
+
+    def tokens_per_frame(self, n: int) -> int:
+        if self.spatial_tokens is not None:
+            count = self.spatial_tokens
+        else:
+            count = None
+            if n == 196:
+                for ratio, tokens in SPATIAL_TOKENS_196.items():
+                    if math.isclose(self.retention, ratio, rel_tol=0, abs_tol=1e-9):
+                        count = tokens
+            if count is None:
+                count = int(round(n * self.retention))
+        return max(1, min(n, int(count)))
+
+    def _skip_sink_targets(
+        self, targets: torch.Tensor, num_filtered: int, sink_score: torch.Tensor
+    ) -> torch.Tensor:
+        """Move each target value v up (v+1, ...) until it is not among the top-k sink grid positions."""
+        k = min(int(self.sink_target_skip_topk), sink_score.shape[0])
+        if k == 0 or targets.numel() == 0:
+            return targets
+        sink_positions = topk_lowest_index(sink_score, k)
+        blocked = torch.zeros(num_filtered, dtype=torch.bool, device=targets.device)
+        blocked[sink_positions[sink_positions < num_filtered]] = True
+        idx = torch.arange(num_filtered, device=targets.device)
+        # next free value >= v (num_filtered if none), largest free value <= v (-1 if none)
+        next_free = torch.where(blocked, num_filtered, idx).flip(0).cummin(0).values.flip(0)
+        prev_free = torch.where(blocked, -1, idx).cummax(0).values
+        moved = torch.where(next_free[targets] < num_filtered, next_free[targets], prev_free[targets])
+        return torch.where(moved >= 0, moved, targets)
+
+    def prune(self, x: PruneInput) -> PruneResult:
+        x.require(*self.needs, method=self.name)
+        feats = x.features
+        t, n, d = feats.shape
+        device = feats.device
+        per_frame = self.tokens_per_frame(n)
+        dominant = min(int(per_frame * self.dominant_ratio), per_frame)
+        contextual = per_frame - dominant
+        remaining = n - dominant
+
+        attention = x.attention.float()
+        info: dict = {"tokens_per_frame": per_frame, "dominant_num": dominant, "contextual_num": contextual}
+        sink_score = None
+        if self.sink is not None:
+            sink_score = self.sink.score(attention)
+            score = self.sink.stsp(attention, sink_score, x.attention_patches)
+            info["sink_score"] = sink_score
+        else:
+            score = attention
+
+        # Dominant tokens: top scores, emitted in increasing position order.
+        dom_mask = selection_mask(n, topk_lowest_index(score, dominant))
+        order = split_by_mask(dom_mask)  # [non-dominant ascending | dominant ascending]
+        filtered, dom_pos = order[:, :remaining], order[:, remaining:]
+        frame_base = torch.arange(t, device=device)[:, None] * n
+        rows_base = torch.arange(t, device=device)[:, None] * per_frame
+
+        flat_feats = feats.reshape(t * n, d)
+        dom_flat = frame_base + dom_pos  # (T, dominant)
+        assignment = torch.full((t, n), -1, dtype=torch.long, device=device)
+        assignment.scatter_(1, dom_pos, rows_base + torch.arange(dominant, device=device))
+
+        if contextual > 0:
+            step = max(1, remaining // contextual)
+            targets = torch.arange(0, remaining, step, device=device)[:contextual]
+            if sink_score is not None:
+                targets = self._skip_sink_targets(targets, remaining, sink_score)
+            info["target_indices_filtered"] = targets
+            is_target = torch.zeros(remaining, dtype=torch.bool, device=device)
+            is_target[targets] = True
+            others = torch.nonzero(~is_target).squeeze(-1)
+
+            keys = take_rows(x.keys, filtered).float()
+            keys = F.normalize(keys, dim=-1, eps=EPS)
+            similarity = torch.matmul(keys[:, others], keys[:, targets].transpose(1, 2))  # (T, P, C)
+            assign = similarity.argmax(dim=-1)  # (T, P)
+
+            filt_feats = take_rows(feats, filtered).float()
+            sums, counts = group_sum(filt_feats[:, others], assign, contextual)
+            ctx_tokens = (
+                filt_feats[:, targets] + sums / counts.clamp_min(1.0)[..., None]
+            )  # target + mean(members)
+            target_pos = filtered[:, targets]  # (T, C)
+
+            ctx_rows = rows_base + dominant + torch.arange(contextual, device=device)
+            assignment.scatter_(1, filtered[:, others], torch.gather(ctx_rows, 1, assign))
+            assignment.scatter_(1, target_pos, ctx_rows)
+
+            embeds = torch.cat([flat_feats[dom_flat], ctx_tokens.to(feats.dtype)], dim=1)
+            index = torch.cat([dom_flat, frame_base + target_pos], dim=1)
+            kind = torch.cat(
+                [
+                    torch.full((t, dominant), KIND_COPY, dtype=torch.long, device=device),
+                    torch.full((t, contextual), KIND_MERGED, dtype=torch.long, device=device),
+                ],
+                dim=1,
+            )
+        else:
+            embeds, index = flat_feats[dom_flat], dom_flat
+            kind = torch.full_like(dom_flat, KIND_COPY)
+
+        info["assignment"] = assignment.reshape(-1)
+        return PruneResult(
+            embeds=embeds.reshape(-1, d), index=index.reshape(-1), kind=kind.reshape(-1), info=info
+        )
+
+
+# SToP default weights (mu_s, mu_t) from the SToP reference code (STOP_MU_DEFAULTS).
+register(VisionZipPruner, (0.03, 0.0))

@@ -1,0 +1,84 @@
+"""Every conformance fixture reproduces through `stop_hf.testing.conformance.run_case`, and SToP removes sinks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stop_hf.testing.conformance import RECORDED_DECISIONS, config_for_case, load_case, run_case
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "conformance"
+FILES = sorted(FIXTURES.glob("*.safetensors")) if FIXTURES.is_dir() else []
+MISSING = pytest.mark.skipif(not FILES, reason=f"conformance fixtures not found at {FIXTURES}")
+
+
+def _ids(path):
+    return path.stem if path is not None else "no-fixtures"
+
+
+@MISSING
+@pytest.mark.parametrize("path", FILES or [None], ids=_ids)
+def test_fixture_reproduces(path):
+    tensors, config = load_case(path)
+    result = run_case(path)
+    expected_index = tensors["expected_index"]
+    assert result.index.shape == expected_index.shape, f"M={result.index.numel()} vs {expected_index.numel()}"
+    assert torch.equal(result.index, expected_index)
+    assert torch.equal(result.kind, tensors["expected_kind"])
+    assert result.embeds.shape == tensors["expected_embeds"].shape
+    torch.testing.assert_close(result.embeds, tensors["expected_embeds"], atol=1e-5, rtol=1e-5)
+    # kind-0 rows are bit-exact copies of source rows
+    flat = tensors["features"].reshape(-1, tensors["features"].shape[-1])
+    copies = result.kind == 0
+    assert torch.equal(result.embeds[copies], flat[result.index[copies]])
+
+
+@MISSING
+@pytest.mark.parametrize("path", FILES or [None], ids=_ids)
+def test_fixture_decisions_match_diagnostics(path):
+    """The recorded intermediate decisions (never used as inputs) match what the pruner rediscovered."""
+    _, config = load_case(path)
+    info = run_case(path).info
+    if "windows" in config:
+        assert [list(w) for w in info["windows"]] == config["windows"]
+        assert info["total_reduced"] == config["total_reduced"]
+        assert info["static_tokens_per_window"] == config["static_tokens_per_window"]
+        assert info["retain_ratio_adjusted"] == pytest.approx(config["retain_ratio_adjusted"], rel=1e-12)
+    if "anchors_per_frame" in config:
+        assert info["anchors_per_frame"] == config["anchors_per_frame"]
+        assert [e - s + 1 for s, e in info["segments"]] == config["segment_sizes"]
+    if "target_indices_filtered" in config:
+        assert info["target_indices_filtered"].tolist() == config["target_indices_filtered"]
+
+
+@MISSING
+@pytest.mark.parametrize("path", FILES or [None], ids=_ids)
+def test_config_ignores_recorded_decisions(path):
+    _, config = load_case(path)
+    stripped = {k: v for k, v in config.items() if k not in RECORDED_DECISIONS}
+    assert config_for_case(config) == config_for_case(stripped)
+
+
+def _sink_count(index: torch.Tensor, n: int, planted: list[int]) -> int:
+    return int(torch.isin(index % n, torch.tensor(planted)).sum())
+
+
+PAIRS = sorted({p.name.replace("_baseline_", "_{}_").replace("_stop_", "_{}_") for p in FILES})
+
+
+@MISSING
+@pytest.mark.parametrize("pattern", PAIRS or [None])
+def test_stop_keeps_fewer_sink_tokens(pattern):
+    base_path, stop_path = FIXTURES / pattern.format("baseline"), FIXTURES / pattern.format("stop")
+    if not (base_path.exists() and stop_path.exists()):
+        pytest.skip(f"{pattern} lacks a baseline/stop pair")
+    base_tensors, base_cfg = load_case(base_path)
+    stop_tensors, stop_cfg = load_case(stop_path)
+    assert torch.equal(base_tensors["features"], stop_tensors["features"])  # same inputs
+    planted, n = base_cfg["planted_sink_positions"], base_cfg["N"]
+    base_count = _sink_count(run_case(base_path).index, n, planted)
+    stop_count = _sink_count(run_case(stop_path).index, n, planted)
+    assert stop_count < base_count
+    assert (base_count, stop_count) == (base_cfg["sink_tokens_in_output"], stop_cfg["sink_tokens_in_output"])
