@@ -113,6 +113,17 @@ class Pruner:
     def __call__(self, x: PruneInput) -> PruneResult:
         return self.prune(x)
 
+    def ranking(self, x: PruneInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The score tokens are ranked by, (T, N) float32, and the sink score (N,) or None.
+
+        Without sink this is the attention itself; with sink it is STSP's `attention - mu_s' * s`.
+        """
+        attention = x.attention.float()
+        if self.sink is None:
+            return attention, None
+        sink_score = self.sink.score(attention)
+        return self.sink.stsp(attention, sink_score, x.attention_patches), sink_score
+
     @classmethod
     def param_names(cls) -> list[str]:
         """Method-specific parameter names (everything but retention and sink)."""

@@ -93,15 +93,10 @@ class FastVIDPruner(Pruner):
         retain, salient, context = self.budgets(n)
         rest = n - salient
 
-        attention = x.attention.float()
         info: dict = {"frame_retain_num": retain, "salient_num": salient, "context_num": context}
-        sink_score = None
-        if self.sink is not None:
-            sink_score = self.sink.score(attention)
-            score = self.sink.stsp(attention, sink_score, x.attention_patches)
+        score, sink_score = self.ranking(x)
+        if sink_score is not None:
             info["sink_score"] = sink_score
-        else:
-            score = attention
         penalise = sink_score is not None and self.sink.mu_s != 0
 
         segments = self.segments(x.global_features)

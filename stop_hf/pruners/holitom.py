@@ -151,7 +151,6 @@ class HoliTomPruner(Pruner):
         t, n, d = feats.shape
         device = feats.device
         work = feats.float()
-        attention = x.attention.float()
 
         sim = F.cosine_similarity(work[:-1], work[1:], dim=-1) if t > 1 else work.new_zeros((0, n))
         raw_static = sim > self.tau
@@ -164,14 +163,11 @@ class HoliTomPruner(Pruner):
         )
         info: dict = {"windows": windows, "total_reduced": total_reduced, "retain_ratio_adjusted": r_adj}
 
-        sink_score = None
-        if self.sink is not None:
-            sink_score = self.sink.score(attention)
-            score = self.sink.stsp(attention, sink_score, x.attention_patches)
+        score, sink_score = self.ranking(x)
+        if sink_score is not None:
             static_pairs = self.sink.sttp(sim, sink_score) > self.sttp_threshold
             info["sink_score"] = sink_score
         else:
-            score = attention
             static_pairs = raw_static
         d_split = 0.0 if self.sink is not None else float(self.d_split)
 

@@ -100,15 +100,10 @@ class VisionZipPruner(Pruner):
         contextual = per_frame - dominant
         remaining = n - dominant
 
-        attention = x.attention.float()
         info: dict = {"tokens_per_frame": per_frame, "dominant_num": dominant, "contextual_num": contextual}
-        sink_score = None
-        if self.sink is not None:
-            sink_score = self.sink.score(attention)
-            score = self.sink.stsp(attention, sink_score, x.attention_patches)
+        score, sink_score = self.ranking(x)
+        if sink_score is not None:
             info["sink_score"] = sink_score
-        else:
-            score = attention
 
         # Dominant tokens: top scores, emitted in increasing position order.
         dom_mask = selection_mask(n, topk_lowest_index(score, dominant))
