@@ -6,6 +6,8 @@ through the real `from_pretrained` path, so tests exercise what users run.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -200,6 +202,7 @@ def tiny_checkpoint(arch: str = "llava_onevision", seed: int = 0) -> Path:
     key = (arch, seed)
     if key not in _CHECKPOINTS:
         folder = Path(tempfile.mkdtemp(prefix=f"stop_hf_tiny_{arch}_"))
+        atexit.register(shutil.rmtree, folder, True)
         _CHECKPOINTS[key] = save_tiny_checkpoint(folder, arch, seed)
     return _CHECKPOINTS[key]
 
