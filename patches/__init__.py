@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from .base import ArchAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
 
 #: HF model class name -> adapter class.
 ADAPTERS: dict[str, type[ArchAdapter]] = {
     "LlavaOnevisionForConditionalGeneration": LlavaOnevisionAdapter,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLAdapter,
 }
 
-SUPPORTED_MODEL_TYPES: dict[str, str] = {"llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+}
 
 
 def adapter_for(model) -> ArchAdapter:

@@ -348,6 +348,14 @@ def lm_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: 
 
 def outer_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module, args: tuple, kwargs: dict):
     """Forward pre-hook on the multimodal base model: records where the video tokens of this call are."""
+    if (
+        kwargs.get("pixel_values_videos") is None
+        and (kwargs.get("mm_encoder_outputs") or {}).get("video") is None
+    ):
+        # No video features in this call: placeholder ids are ordinary tokens to the model (e.g. a decode step whose
+        # generated token happens to be the video token id).
+        state.video_mask = None
+        return None
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     if input_ids is not None:
         state.video_mask = input_ids == video_token_id

@@ -168,12 +168,12 @@ class VideoLLM:
         """Processor inputs for one video and one question, on the model's device."""
         if not question or not str(question).strip():
             raise ValueError("question must be a non-empty string")
-        frames = self.load_frames(video)
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        kwargs: dict[str, Any] = {}
         if self.arch == "qwen2_5_vl":
-            kwargs["fps"] = 2.0  # without the sampling fps Qwen's temporal position ids collapse
-        inputs = self.processor(text=[self.prompt(question)], videos=[clip], return_tensors="pt", **kwargs)
+            inputs = qwen_vl_inputs(self.processor, self.prompt(question), [video], self.num_frames)
+        else:
+            frames = self.load_frames(video)
+            clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
+            inputs = self.processor(text=[self.prompt(question)], videos=[clip], return_tensors="pt")
         return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     # ------------------------------------------------------------------ answering
@@ -217,6 +217,63 @@ class VideoLLM:
             timings=timings,
             report=report,
         )
+
+
+def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
+    """A qwen-vl-utils video element for a file or a frame array: PIL frames plus the fps they were sampled at.
+
+    Files are decoded with PyAV (qwen-vl-utils' own mp4 readers need decord or torchcodec + system ffmpeg):
+    `num_frames` uniformly sampled frames, `sample_fps = num_frames / total_frames * video_fps`, the rule of
+    qwen-vl-utils' readers. Frame arrays carry no timing, so they get qwen-vl-utils' default 2 fps.
+    """
+    from PIL import Image
+
+    from .testing.video import read_video
+
+    if isinstance(video, (str, Path)):
+        import av
+
+        frames = read_video(video, num_frames)
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            video_fps = float(stream.average_rate or stream.guessed_rate or 0) or None
+            total = stream.frames or sum(1 for _ in container.decode(video=0))
+        sample_fps = 2.0 if video_fps is None else len(frames) / max(total, 1) * video_fps
+        raw_fps = video_fps or sample_fps
+    else:
+        frames = np.asarray(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"video frames must be (T, H, W, 3) uint8, got shape {frames.shape}")
+        sample_fps = raw_fps = 2.0
+    return {
+        "type": "video",
+        "video": [Image.fromarray(np.ascontiguousarray(f)) for f in frames],
+        "sample_fps": sample_fps,
+        "raw_fps": raw_fps,
+    }
+
+
+def qwen_vl_inputs(processor: Any, prompt: str, videos: list[Any], num_frames: int = 8) -> dict[str, Any]:
+    """Qwen2.5-VL processor inputs the reference way: qwen-vl-utils' `process_vision_info`, then the processor
+    with the returned per-video metadata. transformers 5.23 takes the sampling fps only from `video_metadata`
+    (a bare `fps=` is ignored or rejected); without it second_per_grid_ts assumes 24 fps and the temporal mRoPE
+    ids collapse."""
+    from qwen_vl_utils import process_vision_info
+
+    messages = [{"role": "user", "content": [qwen_video_element(v, num_frames) for v in videos]}]
+    _, video_inputs, video_kwargs = process_vision_info(
+        messages, return_video_kwargs=True, return_video_metadata=True
+    )
+    clips, metadata = zip(*video_inputs)
+    return processor(
+        text=[prompt],
+        videos=list(clips),
+        video_metadata=list(metadata),
+        do_resize=False,  # qwen-vl-utils already resized to multiples of patch_size * merge_size
+        cap_pixels_per_frame=True,  # the reference (qwen-vl-utils) sizing; a no-op without resizing
+        return_tensors="pt",
+        **video_kwargs,
+    )
 
 
 def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:

@@ -35,3 +35,39 @@ def average_merge_units(values: torch.Tensor, unit: int) -> torch.Tensor:
     """(..., N * unit, C) -> (..., N, C): mean over consecutive groups of `unit` rows."""
     shape = values.shape
     return values.reshape(*shape[:-2], shape[-2] // unit, unit, shape[-1]).mean(dim=-2)
+
+
+def segment_attention_received(
+    queries: torch.Tensor, keys: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, chunk_size: int = 8
+) -> torch.Tensor:
+    """Mean attention each key receives inside its own segment of a packed sequence.
+
+    queries, keys: (S, H, dh), the concatenation of independent segments [cu_seqlens[i], cu_seqlens[i+1]) that each
+    attend only within themselves (Qwen2.5-VL's temporal patches or windows) -> (S,) float32. Consecutive segments of
+    equal length are batched, `chunk_size` segments at a time.
+    """
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    heads, head_dim = queries.shape[1:]
+    out, i, segments = [], 0, len(bounds) - 1
+    while i < segments:
+        n = bounds[i + 1] - bounds[i]
+        j = i + 1
+        while j < segments and bounds[j + 1] - bounds[j] == n:
+            j += 1
+        if n > 0:
+            start, end, count = bounds[i], bounds[j], j - i
+            q = queries[start:end].reshape(count, n, heads, head_dim).transpose(1, 2)
+            k = keys[start:end].reshape(count, n, heads, head_dim).transpose(1, 2)
+            out.append(attention_received(q, k, scale, chunk_size).reshape(-1))
+        i = j
+    return torch.cat(out) if out else queries.new_zeros(0, dtype=torch.float32)
+
+
+def unpermute_merge_units(values: torch.Tensor, window_index: torch.Tensor, unit: int) -> torch.Tensor:
+    """Window-ordered patch values -> one mean per merge unit, in natural (raster) unit order.
+
+    values: (U * unit, ...) rows in window order, where each run of `unit` consecutive rows is one merge unit and
+    `window_index[i]` is the natural index of the i-th unit (Qwen2.5-VL's window permutation) -> (U, ...).
+    """
+    merged = values.reshape(values.shape[0] // unit, unit, *values.shape[1:]).mean(dim=1)
+    return merged[torch.argsort(window_index.to(values.device))]

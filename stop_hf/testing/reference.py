@@ -1,6 +1,9 @@
 """The masked-reference oracle: a full-length forward of the UNPATCHED model in which dropped video tokens are masked
 out as keys, merged tokens replace their representative's embedding, and every token keeps its original position.
-A pruned prefill (position_mode='original') must reproduce its logits at the kept positions."""
+A pruned prefill (position_mode='original') must reproduce its logits at the kept positions.
+
+The positions are whatever the unpatched model hands its language model: 1-D ids for LLaVA-OV, the (3, B, L) mRoPE
+ids of `get_rope_index` for Qwen2.5-VL (which needs `mm_token_type_ids`, as its processor returns them)."""
 
 from __future__ import annotations
 
