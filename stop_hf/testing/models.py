@@ -17,7 +17,17 @@ import torch
 #: position bugs would not show in the logits.
 QK_SCALE = 6.0
 
-WORDS = ["user", "assistant", "system", "?", ".", ",", ":", ";", "!", "'", "(", ")", "-", "the", "a", "an", "is", "are", "was", "were", "be", "been", "of", "to", "in", "on", "at", "by", "for", "with", "from", "and", "or", "not", "no", "yes", "what", "which", "who", "where", "when", "how", "why", "this", "that", "these", "those", "it", "its", "there", "here", "video", "frame", "image", "scene", "person", "man", "woman", "child", "dog", "cat", "car", "ball", "table", "chair", "door", "window", "room", "street", "road", "tree", "sky", "water", "red", "blue", "green", "yellow", "black", "white", "small", "large", "left", "right", "top", "bottom", "front", "back", "up", "down", "open", "close", "walk", "run", "jump", "sit", "stand", "hold", "take", "put", "give", "look", "see", "show", "move", "turn", "play", "eat", "drink", "read", "write", "talk", "happen", "happens", "happened", "first", "last", "next", "then", "before", "after", "during", "while", "one", "two", "three", "four", "five", "many", "few", "some", "all", "any", "each", "every", "other", "same", "different", "answer", "question", "option", "choose", "describe", "count", "color", "shape", "object", "action", "event", "time", "start", "end", "begin", "finish", "does", "do", "did", "can", "could", "will", "would", "should", "may", "might", "must", "has", "have", "had", "get", "got", "make", "made", "go", "went", "come", "came"]
+WORDS = (  # noqa: SIM905 - a word list reads better as text
+    "user assistant system ? . , : ; ! ' ( ) - the a an is are was were be been of to in on at by for "
+    "with from and or not no yes what which who where when how why this that these those it its there "
+    "here video frame image scene person man woman child dog cat car ball table chair door window room "
+    "street road tree sky water red blue green yellow black white small large left right top bottom "
+    "front back up down open close walk run jump sit stand hold take put give look see show move turn "
+    "play eat drink read write talk happen happens happened first last next then before after during "
+    "while one two three four five many few some all any each every other same different answer question "
+    "option choose describe count color shape object action event time start end begin finish does do "
+    "did can could will would should may might must has have had get got make made go went come came"
+).split()
 
 SPECIAL_TOKENS = (
     "<pad>",
