@@ -1,0 +1,76 @@
+"""The lmms-eval plugin: entry-point registration and `generate_until` on a tiny model (skipped without lmms-eval)."""
+
+import pytest
+
+pytest.importorskip("lmms_eval.api.model", reason="lmms-eval (optional extra) is not installed")
+
+from lmms_eval.api.instance import Instance  # noqa: E402
+from lmms_eval.models.registry_v2 import ModelRegistryV2  # noqa: E402
+
+from stop_hf.eval import lmms as plugin  # noqa: E402
+from stop_hf.testing import synthetic_frames, write_video  # noqa: E402
+
+
+class _EntryPoint:
+    name, value = "stop_hf", "stop_hf.eval.lmms:manifests"
+
+    def load(self):
+        return plugin.manifests
+
+
+def test_entry_point_registration_and_generate_until(tmp_path, monkeypatch):
+    registry = ModelRegistryV2()
+    monkeypatch.setattr(
+        registry, "_select_entry_points", lambda group: [_EntryPoint()] if group == "lmms_eval.models" else []
+    )
+    registry.load_entrypoint_manifests()
+    assert {"llava_onevision_stop", "qwen2_5_vl_stop"} <= set(registry.list_model_names())
+    cls = registry.get_model_class("llava_onevision_stop")
+    assert cls is plugin.LlavaOneVisionStop
+
+    model = cls.create_from_arg_string(
+        "pretrained=tiny-llava_onevision,stop_config=holitom_stop_r10,max_frames_num=4", {"batch_size": 1}
+    )
+    video = str(write_video(tmp_path / "v.mp4", num_frames=4, height=96, width=128))
+    docs = [{"video": video}, {"frames": list(synthetic_frames(4, 96, 128))}]
+    model.task_dict = {"toy": {"test": docs}}
+
+    def doc_to_visual(doc):
+        return [doc["video"]] if "video" in doc else doc["frames"]
+
+    requests = [
+        Instance(
+            "generate_until",
+            (
+                "<image>\nWhat moves?",
+                {"max_new_tokens": 3, "until": ["\n\n"]},
+                doc_to_visual,
+                i,
+                "toy",
+                "test",
+            ),
+            idx=0,
+            metadata={"task": "toy", "doc_id": i, "repeats": 1},
+        )
+        for i in range(2)
+    ]
+    outputs = model.generate_until(requests)
+    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    assert all(a.video_tokens_after < a.video_tokens for a in model.last_answers)  # pruning was on
+
+    with pytest.raises(ValueError, match="unexpected model_args"):
+        cls.create_from_arg_string("pretrained=tiny-llava_onevision,bogus=1")
+    with pytest.raises(ValueError, match="use the llava_onevision_stop wrapper"):
+        registry.get_model_class("qwen2_5_vl_stop").create_from_arg_string("pretrained=tiny-llava_onevision")
+    with pytest.raises(ValueError, match="no video"):
+        plugin.StopVideoLLM._video([synthetic_frames(1, 8, 8)[0]])
+
+
+def test_installed_entry_point_resolves_to_the_plugin():
+    from importlib.metadata import entry_points
+
+    from stop_hf.eval import lmms as plugin
+
+    found = [ep for ep in entry_points(group="lmms_eval.models") if ep.name == "stop_hf"]
+    assert found, "pip install stop-hf registers the lmms_eval.models entry point"
+    assert found[0].load() is plugin.manifests
