@@ -35,6 +35,16 @@ class ArchAdapter:
     def video_token_id(self, model: Any) -> int:
         return int(model.config.video_token_id)
 
+    @staticmethod
+    def check_layer_index(configured: int, count: int, unit: str) -> int:
+        """`stop_config.saliency_layer` as a non-negative index into `count` layers/blocks, or a clear error."""
+        if not -count <= configured < count:
+            raise ValueError(
+                f"stop_config.saliency_layer={configured} is out of range for a vision tower with {count} {unit}; "
+                f"allowed: -{count} .. {count - 1}"
+            )
+        return configured % count
+
     def install_capture(self, model: Any, state: Any) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 

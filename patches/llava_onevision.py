@@ -46,12 +46,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
             # hidden_states[k] is the output of layer k-1 (hidden_states[0] is the embeddings).
             index = feature_layer + layers if feature_layer < 0 else feature_layer - 1
             return max(index, 0)
-        if not -layers <= configured < layers:
-            raise ValueError(
-                f"stop_config.saliency_layer={configured} is out of range for a vision tower with {layers} layers; "
-                f"allowed: -{layers} .. {layers - 1}"
-            )
-        return configured % layers
+        return self.check_layer_index(configured, layers, "layers")
 
     def install_capture(self, model: Any, state: StopState) -> list[Any]:
         base = self.base_model(model)

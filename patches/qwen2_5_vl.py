@@ -78,12 +78,7 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         if configured is None:
             full = list(vision.config.fullatt_block_indexes or [])
             return int(full[-1]) if full else depth - 1
-        if not -depth <= configured < depth:
-            raise ValueError(
-                f"stop_config.saliency_layer={configured} is out of range for a vision tower with {depth} blocks; "
-                f"allowed: -{depth} .. {depth - 1}"
-            )
-        return configured % depth
+        return self.check_layer_index(configured, depth, "blocks")
 
     def install_capture(self, model: Any, state: StopState) -> list[Any]:
         from transformers.vision_utils import get_vision_window_index

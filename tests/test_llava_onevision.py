@@ -286,3 +286,18 @@ def test_missing_signal_is_a_clear_error(llava_model):
     x = PruneInput(features=torch.zeros(2, 4, 3))
     with pytest.raises(ValueError, match="attention"):
         x.require("attention", method="visionzip")
+
+
+def test_saliency_layer_out_of_range_is_named(llava_model):
+    with pytest.raises(ValueError, match=r"saliency_layer=5 .* 2 layers; allowed: -2 \.\. 1"):
+        stop_hf.patch(llava_model, {"method": "visionzip", "retention": 0.1, "saliency_layer": 5})
+
+
+def test_saliency_layer_selects_the_hooked_layer(llava_model, llava_inputs):
+    """A different layer gives a different saliency signal (the hook really moves)."""
+    attention = {}
+    for layer in (0, 1):
+        stop_hf.patch(llava_model, {"method": "visionzip", "retention": 0.1, "saliency_layer": layer})
+        logits_of(llava_model, llava_inputs)
+        attention[layer] = stop_hf.last_prune_report(llava_model)[0]["attention"]
+    assert attention[0].shape == (8, 196) and not torch.allclose(attention[0], attention[1])
