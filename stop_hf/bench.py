@@ -1,0 +1,521 @@
+"""Prefill efficiency benchmark: random-weight models with the real widths of LLaVA-OneVision-7B and Qwen2.5-VL-7B
+at a configurable depth, timed stage by stage (vision, signal capture, pruning, LLM prefill per layer, decode), with
+exact and FastV-formula FLOPs, an oracle row per retention and full-depth extrapolation on CPU.
+
+Entry points: `stop-hf bench` and `scripts/bench_prefill.py`; both call `run_bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: vocab used by the benchmark models (the real 152k vocab only changes the embedding and the lm_head).
+BENCH_VOCAB = 1024
+VIDEO_TOKEN = 5
+METHODS = ("visionzip", "fastvid", "holitom")
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    hidden: int = 3584
+    heads: int = 28
+    kv_heads: int = 4
+    mlp: int = 18944
+    layers: int = 28
+    vocab: int = 152064
+
+
+@dataclass(frozen=True)
+class ArchShape:
+    arch: str
+    llm: LLMShape
+    vision: dict[str, Any]
+    image_size: int
+    tokens_per_frame: float  # LLM video tokens per input frame
+
+
+#: Qwen2-7B LLM (both models): hidden 3584, 28 heads, 4 KV heads, MLP 18944, 28 layers.
+QWEN2_7B = LLMShape()
+SHAPES = {
+    # SigLIP-so400m/14 @384: 27x27 patches, 2x2 pooled to 14x14 = 196 tokens per frame (+1 newline per video)
+    "llava_onevision": ArchShape(
+        "llava_onevision",
+        QWEN2_7B,
+        {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "layers": 26},
+        384,
+        196,
+    ),
+    # Qwen2.5-VL ViT: 1280 wide, 32 blocks, merge 2x2, temporal patch 2; 336x336 -> 12x12 = 144 tokens / 2 frames
+    "qwen2_5_vl": ArchShape(
+        "qwen2_5_vl",
+        QWEN2_7B,
+        {"hidden_size": 1280, "intermediate_size": 3420, "num_attention_heads": 16, "layers": 32},
+        336,
+        72,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------- FLOPs
+def exact_layer_flops(n: int, s: LLMShape) -> int:
+    """FLOPs (2 per multiply-add) of one Qwen2 decoder layer on n tokens: GQA projections, the attention
+    quadratic term (dense n x n, as the kernels compute it) and the SwiGLU MLP (gate, up, down)."""
+    d, kv = s.hidden, s.kv_heads * (s.hidden // s.heads)
+    proj = 2 * n * d * (d + 2 * kv + d)  # q, k, v, o
+    attn = 2 * 2 * n * n * d  # QK^T and AV over all query heads
+    mlp = 3 * 2 * n * d * s.mlp
+    return proj + attn + mlp
+
+
+def exact_prefill_flops(n: int, s: LLMShape, layers: int | None = None, logits: int = 1) -> int:
+    """Exact LLM prefill FLOPs: `layers` decoder layers plus the lm_head on `logits` positions."""
+    layers = s.layers if layers is None else layers
+    return layers * exact_layer_flops(n, s) + 2 * logits * s.hidden * s.vocab
+
+
+def fastv_flops(n: int, s: LLMShape, layers: int | None = None) -> int:
+    """The FastV formula the papers use: L * (4 n d^2 + 2 n^2 d + 2 n d m) (ignores GQA, SwiGLU's third matrix)."""
+    layers = s.layers if layers is None else layers
+    d, m = s.hidden, s.mlp
+    return layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def build_config(arch: str, vision_layers: int, llm_layers: int, shape: ArchShape | None = None):
+    """An HF config with the real widths of `arch` (or `shape`), the given depths and a BENCH_VOCAB vocab."""
+    shape = shape or SHAPES[arch]
+    s, v = shape.llm, shape.vision
+    if arch == "llava_onevision":
+        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+        vision = SiglipVisionConfig(
+            hidden_size=v["hidden_size"],
+            intermediate_size=v["intermediate_size"],
+            num_hidden_layers=vision_layers,
+            num_attention_heads=v["num_attention_heads"],
+            patch_size=14,
+            image_size=shape.image_size,
+            vision_use_head=False,
+        )
+        text = Qwen2Config(
+            vocab_size=BENCH_VOCAB,
+            hidden_size=s.hidden,
+            intermediate_size=s.mlp,
+            num_hidden_layers=llm_layers,
+            num_attention_heads=s.heads,
+            num_key_value_heads=s.kv_heads,
+            max_position_embeddings=32768,
+        )
+        return LlavaOnevisionConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=4,
+            video_token_index=VIDEO_TOKEN,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        hd = s.hidden // s.heads
+        return Qwen2_5_VLConfig(
+            vision_config={
+                "depth": vision_layers,
+                "hidden_size": v["hidden_size"],
+                "intermediate_size": v["intermediate_size"],
+                "num_heads": v["num_attention_heads"],
+                "out_hidden_size": s.hidden,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 112,
+                "fullatt_block_indexes": [vision_layers - 1],
+                "tokens_per_second": 2,
+            },
+            text_config={
+                "vocab_size": BENCH_VOCAB,
+                "hidden_size": s.hidden,
+                "intermediate_size": s.mlp,
+                "num_hidden_layers": llm_layers,
+                "num_attention_heads": s.heads,
+                "num_key_value_heads": s.kv_heads,
+                "max_position_embeddings": 32768,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 1e6,
+                    "mrope_section": [
+                        hd // 2 - 2 * (hd * 3 // 16),
+                        hd * 3 // 16,
+                        hd * 3 // 16,
+                    ],  # 7B: 16,24,24
+                },
+                "bos_token_id": None,
+            },
+            image_token_id=4,
+            video_token_id=VIDEO_TOKEN,
+            vision_start_token_id=6,
+            vision_end_token_id=7,
+        )
+    raise ValueError(f"arch={arch!r} is not supported; allowed: {sorted(SHAPES)}")
+
+
+def build_model(config, device: str, dtype: torch.dtype):
+    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+    cls = (
+        LlavaOnevisionForConditionalGeneration
+        if config.model_type == "llava_onevision"
+        else Qwen2_5_VLForConditionalGeneration
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def build_inputs(model, frames: int, image_size: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Synthetic video inputs without a processor: pixel values plus input_ids with the right placeholder count."""
+    prefix, suffix = [2, 10, 11], [3, 12, 13, 14]
+    if model.config.model_type == "llava_onevision":
+        grid = image_size // 14
+        pooled = -(-grid // 2)
+        n_video = frames * pooled * pooled + 1
+        ids = prefix + [VIDEO_TOKEN] * n_video + suffix
+        pixels = torch.randn(1, frames, 3, image_size, image_size, dtype=dtype, device=device)
+        extra = {"pixel_values_videos": pixels}
+    else:
+        if frames % 2:
+            raise ValueError("qwen2_5_vl needs an even frame count (temporal patch 2)")
+        grid = image_size // 14
+        t = frames // 2
+        n_video = t * (grid // 2) ** 2
+        ids = prefix + [6] + [VIDEO_TOKEN] * n_video + [7] + suffix
+        pixels = torch.randn(t * grid * grid, 3 * 2 * 14 * 14, dtype=dtype, device=device)
+        extra = {
+            "pixel_values_videos": pixels,
+            "video_grid_thw": torch.tensor([[t, grid, grid]], device=device),
+        }
+    input_ids = torch.tensor([ids], device=device)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "n_video": n_video,
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; process-lifetime peak
+
+
+class _LayerTimer:
+    """Times each decoder layer of the first (prefill) LLM call with forward hooks."""
+
+    def __init__(self, layers, device: str) -> None:
+        self.layers, self.device, self.times, self._t = layers, device, [], 0.0
+        self.active = True
+
+    def __enter__(self):
+        def pre(module, args):
+            if self.active:
+                _sync(self.device)
+                self._t = time.perf_counter()
+
+        def post(module, args, output):
+            if self.active:
+                _sync(self.device)
+                self.times.append(time.perf_counter() - self._t)
+
+        self.handles = [
+            h
+            for layer in self.layers
+            for h in (layer.register_forward_pre_hook(pre), layer.register_forward_hook(post))
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def measure_once(model, inputs: dict[str, Any], device: str, decode_tokens: int) -> dict[str, float]:
+    """One prefill (+ decode_tokens greedy steps) of `model`, timed per stage with runner.StageTimer."""
+    import stop_hf
+    from stop_hf.patches import adapter_for
+    from stop_hf.runner import StageTimer
+
+    adapter = adapter_for(model)
+    lm = adapter.language_model(model)
+    vision = model.model.vision_tower if hasattr(model.model, "vision_tower") else model.model.visual
+    timer = StageTimer(vision, lm)
+    kwargs = {k: v for k, v in inputs.items() if k != "n_video"}
+    with torch.inference_mode(), timer.measure(), _LayerTimer(lm.layers, device) as layers:
+        orig_forward = lm.forward
+
+        def forward_once(*a, **kw):  # only the prefill call is timed per layer
+            out = orig_forward(*a, **kw)
+            layers.active = False
+            return out
+
+        lm.forward = forward_once
+        try:
+            _sync(device)
+            start = time.perf_counter()
+            model.generate(
+                **kwargs,
+                max_new_tokens=decode_tokens + 1,
+                min_new_tokens=decode_tokens + 1,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            _sync(device)
+            total = time.perf_counter() - start
+        finally:
+            del lm.forward
+    report = stop_hf.last_prune_report(model) if stop_hf.is_patched(model) else []
+    signal = sum(r.get("signal_seconds", 0.0) for r in report)
+    prune = sum(r.get("prune_seconds", 0.0) for r in report)
+    before = sum(r.get("tokens_before", 0) for r in report) or inputs["n_video"]
+    after = sum(r.get("tokens_after", 0) for r in report) or inputs["n_video"]
+    return {
+        "total_s": total,
+        # the capture hooks run inside the vision forward: vision time is reported net of signal capture
+        "vision_s": max(timer.times["vision"] - signal, 0.0),
+        "signal_s": signal,
+        "prune_s": prune,
+        "prefill_s": timer.times["prefill"],
+        "layer_s": statistics.mean(layers.times) if layers.times else 0.0,
+        "decode_ms_per_token": 1000 * timer.times["decode"] / max(timer.decode_steps, 1),
+        "prefill_tokens": timer.prefill_tokens,
+        "tokens_before": before,
+        "tokens_after": after,
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
+
+
+@dataclass
+class BenchSettings:
+    arch: str = "llava_onevision"
+    frames: int = 16
+    retentions: tuple[float, ...] = (0.1, 0.25)
+    methods: tuple[str, ...] = METHODS
+    sinks: tuple[bool, ...] = (False, True)
+    vision_layers: int = 1
+    llm_layers: int | str = 2  # int or "full"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    repeats: int = 1
+    warmup: int = (
+        1  # untimed runs before the first timed row of each (method, sink); the LLM is warmed by then
+    )
+    decode_tokens: int = 2
+    out: str = "bench_out"
+    shape_override: dict[str, Any] = field(default_factory=dict)  # tests: smaller widths, same structure
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _median_run(model, inputs, settings: BenchSettings, progress, warm: bool = True) -> dict[str, float]:
+    if settings.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(settings.warmup if warm else 0):
+        measure_once(model, inputs, settings.device, settings.decode_tokens)
+    runs = [
+        measure_once(model, inputs, settings.device, settings.decode_tokens) for _ in range(settings.repeats)
+    ]
+    progress.update(1)
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def run_bench(settings: BenchSettings) -> dict[str, Any]:
+    """Runs the whole grid and writes results.json, table.md and speedup.png into settings.out."""
+    import stop_hf
+    from stop_hf.config import StopConfig
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    base = SHAPES[settings.arch]
+    shape = ArchShape(
+        base.arch,
+        LLMShape(**{**asdict(base.llm), **settings.shape_override.get("llm", {})}),
+        {**base.vision, **settings.shape_override.get("vision", {})},
+        base.image_size,
+        base.tokens_per_frame,
+    )
+    full_vision, full_llm = shape.vision["layers"], shape.llm.layers
+    vision_layers = full_vision if settings.vision_layers == "full" else int(settings.vision_layers)
+    llm_layers = full_llm if settings.llm_layers == "full" else int(settings.llm_layers)
+    dtype = DTYPES[settings.dtype]
+    config = build_config(settings.arch, vision_layers, llm_layers, shape)
+    model = build_model(config, settings.device, dtype)
+    inputs = build_inputs(model, settings.frames, shape.image_size, settings.device, dtype)
+    n_video = inputs["n_video"]
+    n_text = inputs["input_ids"].shape[1] - n_video
+
+    grid = [(m, s, r) for r in settings.retentions for m in settings.methods for s in settings.sinks]
+    total_steps = 1 + len(settings.retentions) + len(grid)
+    progress = tqdm(total=total_steps, desc="bench", unit="run") if tqdm else _NoBar()
+
+    rows: list[dict[str, Any]] = []
+    baseline = _median_run(model, inputs, settings, progress)
+    rows.append({"method": "unpruned", "sink": False, "retention": 1.0, **baseline})
+    for i, r in enumerate(settings.retentions):
+        stop_hf.patch(model, StopConfig(method="uniform", retention=r))
+        oracle = _median_run(model, inputs, settings, progress, warm=i == 0)
+        oracle["signal_s"] = oracle["prune_s"] = 0.0  # zero selection cost by definition
+        rows.append({"method": "oracle", "sink": False, "retention": r, **oracle})
+        stop_hf.unpatch(model)
+    warmed: set[tuple[str, bool]] = set()
+    for method, sink, r in grid:
+        stop_hf.patch(model, StopConfig(method=method, retention=r, sink=sink))
+        timed = _median_run(model, inputs, settings, progress, warm=(method, sink) not in warmed)
+        warmed.add((method, sink))
+        rows.append({"method": method, "sink": sink, "retention": r, **timed})
+        stop_hf.unpatch(model)
+    progress.close()
+
+    _derive(rows, shape.llm, llm_layers, n_text)
+    result = {
+        "settings": asdict(settings),
+        "shape": asdict(shape),
+        "measured_depth": {"vision_layers": vision_layers, "llm_layers": llm_layers},
+        "full_depth": {"vision_layers": full_vision, "llm_layers": full_llm},
+        "extrapolated": llm_layers != full_llm,
+        "notes": [
+            f"random weights; vocab reduced to {BENCH_VOCAB} (real {shape.llm.vocab}): only the embedding and "
+            "the lm_head change, and the lm_head runs on 1 position (logits_to_keep=1)",
+            "full-depth times = measured mean per-layer prefill time x real depth (extrapolated)"
+            if llm_layers != full_llm
+            else "full depth measured",
+            "oracle = the same number of tokens dropped uniformly, selection cost counted as zero",
+            "peak memory: process-lifetime max RSS on CPU (monotone across rows), max allocated on CUDA",
+        ],
+        "versions": _versions(),
+        "device": _device_name(settings.device),
+        "video_tokens": n_video,
+        "text_tokens": n_text,
+        "rows": rows,
+    }
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(markdown_table(result))
+    plot_speedup(result, out / "speedup.png")
+    return result
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _derive(rows: list[dict[str, Any]], s: LLMShape, layers: int, n_text: int) -> None:
+    base = rows[0]
+    full_base_prefill = base["layer_s"] * s.layers
+    oracles = {r["retention"]: r for r in rows if r["method"] == "oracle"}
+    for row in rows:
+        n = int(row["tokens_after"]) + n_text
+        row["achieved_retention"] = row["tokens_after"] / row["tokens_before"]
+        row["flops_exact_full"] = exact_prefill_flops(n, s)
+        row["flops_fastv_full"] = fastv_flops(n, s)
+        row["prefill_full_s"] = row["layer_s"] * s.layers
+        overhead = row["signal_s"] + row["prune_s"]
+        row["overhead_pct_of_full_prefill"] = 100 * overhead / full_base_prefill
+        row["prefill_speedup_full"] = full_base_prefill / (row["prefill_full_s"] + overhead)
+        oracle = oracles.get(row["retention"])
+        if oracle is not None:
+            row["ratio_to_oracle"] = row["prefill_speedup_full"] / oracle["prefill_speedup_full"]
+            row["meets_1pct"] = row["overhead_pct_of_full_prefill"] < 1.0
+            row["meets_oracle_10pct"] = row["ratio_to_oracle"] >= 0.9
+            row["retention_ok"] = abs(row["achieved_retention"] - row["retention"]) <= 0.01
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    extra = " (extrapolated)" if result["extrapolated"] else ""
+    head = (
+        f"| method | sink | retention | achieved | tokens | vision s | signal ms | prune ms | "
+        f"prefill/layer s | full prefill s{extra} | overhead % | speedup{extra} | vs oracle | "
+        f"TFLOPs exact | TFLOPs FastV | decode ms/tok | peak MB |\n" + "|" + "---|" * 17
+    )
+    lines = [head]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['method']} | {'on' if r['sink'] else 'off'} | {r['retention']:.2f} | "
+            f"{r['achieved_retention']:.3f} | {int(r['tokens_before'])}->{int(r['tokens_after'])} | "
+            f"{r['vision_s']:.2f} | {1000 * r['signal_s']:.1f} | {1000 * r['prune_s']:.1f} | "
+            f"{r['layer_s']:.3f} | {r['prefill_full_s']:.1f} | {r['overhead_pct_of_full_prefill']:.2f} | "
+            f"{r['prefill_speedup_full']:.2f}x | "
+            f"{r.get('ratio_to_oracle', float('nan')):.2f} | {r['flops_exact_full'] / 1e12:.1f} | "
+            f"{r['flops_fastv_full'] / 1e12:.1f} | {r['decode_ms_per_token']:.0f} | {r['peak_memory_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedup(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("the bench plot needs matplotlib: pip install 'stop-hf[viz]'") from exc
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in result["rows"]:
+        if r["method"] == "unpruned":
+            continue
+        label = r["method"] if r["method"] == "oracle" else f"{r['method']}{' +SToP' if r['sink'] else ''}"
+        series.setdefault(label, []).append((r["retention"], r["prefill_speedup_full"]))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        style = {"color": "k", "linestyle": "--", "linewidth": 2} if label == "oracle" else {"marker": "o"}
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
+    ax.set_xlabel("retention")
+    ax.set_ylabel("LLM prefill speedup" + (" (extrapolated full depth)" if result["extrapolated"] else ""))
+    ax.set_title(f"{result['settings']['arch']}, {result['settings']['frames']} frames, {result['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    import stop_hf
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "stop_hf": getattr(stop_hf, "__version__", "unknown"),
+    }
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

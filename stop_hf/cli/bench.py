@@ -1,0 +1,67 @@
+"""`stop-hf bench`: prefill efficiency of each pruner on random-weight models with the real 7B widths."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..bench import METHODS, SHAPES
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="time vision / signals / pruning / prefill / decode per method at real 7B widths (random weights)",
+        description="Builds a random-weight model with the real widths of LLaVA-OneVision-7B or Qwen2.5-VL-7B at "
+        "a reduced depth (CPU) or full depth (GPU), and writes results.json, table.md and speedup.png.",
+    )
+    parser.add_argument("--arch", default="llava_onevision", choices=sorted(SHAPES))
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--retention", type=float, nargs="+", default=[0.1, 0.25])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--sink", choices=["both", "on", "off"], default="both")
+    parser.add_argument(
+        "--depth", default=None, help="LLM layers: N or 'full' (default: 2 on CPU, full on GPU)"
+    )
+    parser.add_argument(
+        "--vision-depth", default=None, help="vision layers: N or 'full' (default: 1 on CPU, full on GPU)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 on GPU"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="timed repeats per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per row")
+    parser.add_argument("--decode-tokens", type=int, default=2)
+    parser.add_argument("--out", default="bench_out")
+    parser.set_defaults(func=run)
+
+
+def _depth(value: str | None, default: int | str) -> int | str:
+    if value is None:
+        return default
+    return "full" if value == "full" else int(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import BenchSettings, markdown_table, run_bench
+
+    gpu = args.device.startswith("cuda")
+    settings = BenchSettings(
+        arch=args.arch,
+        frames=args.frames,
+        retentions=tuple(args.retention),
+        methods=tuple(args.methods),
+        sinks={"both": (False, True), "on": (True,), "off": (False,)}[args.sink],
+        vision_layers=_depth(args.vision_depth, "full" if gpu else 1),
+        llm_layers=_depth(args.depth, "full" if gpu else 2),
+        device=args.device,
+        dtype=args.dtype or ("bf16" if gpu else "fp32"),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        decode_tokens=args.decode_tokens,
+        out=args.out,
+    )
+    result = run_bench(settings)
+    print(markdown_table(result))
+    print(f"wrote {args.out}/results.json, {args.out}/table.md, {args.out}/speedup.png ({result['device']})")
+    return 0
