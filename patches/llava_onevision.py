@@ -98,28 +98,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
         if needs & {"attention", "keys"}:
             layer = self.encoder_layers(model)[self.saliency_layer_index(model, state.config.saliency_layer)]
-            attn = layer.self_attn
-            chunk = state.config.signal_chunk_frames
-
-            def capture_attention(module, args, kwargs):
-                if state.capturing is None:
-                    return None
-                started = time.perf_counter()
-                hidden = kwargs.get("hidden_states", args[0] if args else None)
-                with torch.no_grad():
-                    shape = (*hidden.shape[:-1], -1, module.head_dim)
-                    keys = module.k_proj(hidden).view(shape).transpose(1, 2)  # (B, H, N, dh)
-                    if "attention" in needs:
-                        queries = module.q_proj(hidden).view(shape).transpose(1, 2)
-                        state.capturing["attention"].append(
-                            attention_received(queries, keys, module.scale, chunk)
-                        )
-                    if "keys" in needs:
-                        state.capturing["keys"].append(head_mean_keys(keys))
-                state.capturing["seconds"] += time.perf_counter() - started
-                return None
-
-            handles.append(attn.register_forward_pre_hook(capture_attention, with_kwargs=True))
+            handles += self._install_attention_capture(layer.self_attn, state, needs)
 
         if "global_features" in needs:
 
@@ -133,3 +112,56 @@ class LlavaOnevisionAdapter(ArchAdapter):
                 base.multi_modal_projector.register_forward_pre_hook(capture_global, with_kwargs=True)
             )
         return handles
+
+    @staticmethod
+    def _install_attention_capture(attn: Any, state: StopState, needs: set[str]) -> list[Any]:
+        """Hooks on one SigLIP attention module that turn its own q/k projections into the saliency signals.
+
+        The projections' outputs are reused rather than recomputed (they are a third of the capture cost). Each
+        captured output is tagged with the module that produced it: if `q_proj`/`k_proj` was swapped after patching
+        (e.g. wrapped by an adapter), the stale capture is ignored and the projection is recomputed from the input.
+        """
+        projected: dict[str, Any] = {}
+
+        def remember(name):
+            def hook(module, args, output):
+                if state.capturing is not None:
+                    projected[name] = (module, output)
+
+            return hook
+
+        def start(module, args, kwargs):
+            projected.clear()
+            if state.capturing is not None:
+                projected["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+
+        def heads(module, name, hidden):
+            producer, output = projected.get(name, (None, None))
+            if producer is not getattr(module, name):
+                output = getattr(module, name)(hidden)
+            return output.view(*hidden.shape[:-1], -1, module.head_dim).transpose(1, 2)  # (B, H, N, dh)
+
+        def finish(module, args, kwargs, output):
+            if state.capturing is None or "hidden" not in projected:
+                return None
+            started = time.perf_counter()
+            hidden = projected["hidden"]
+            with torch.no_grad():
+                keys = heads(module, "k_proj", hidden)
+                if "attention" in needs:
+                    queries = heads(module, "q_proj", hidden)
+                    state.capturing["attention"].append(
+                        attention_received(queries, keys, module.scale, state.config.signal_chunk_frames)
+                    )
+                if "keys" in needs:
+                    state.capturing["keys"].append(head_mean_keys(keys))
+            projected.clear()
+            state.capturing["seconds"] += time.perf_counter() - started
+            return None
+
+        return [
+            attn.q_proj.register_forward_hook(remember("q_proj")),
+            attn.k_proj.register_forward_hook(remember("k_proj")),
+            attn.register_forward_pre_hook(start, with_kwargs=True),
+            attn.register_forward_hook(finish, with_kwargs=True),
+        ]

@@ -82,4 +82,51 @@ def test_bench_smoke_writes_outputs(tmp_path):
     for row in result["rows"][1:]:
         assert abs(row["achieved_retention"] - 0.25) < 0.02
         assert row["prefill_full_s"] > 0
-    assert "| visionzip | on |" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| visionzip | on |" in table
+    assert "- visionzip +SToP @ 0.25: " in table and "- visionzip baseline @ 0.25: " in table
+
+
+def _row(method, sink, retention, tokens_after, layer_s, overhead_s=0.0):
+    return {
+        "method": method,
+        "sink": sink,
+        "retention": retention,
+        "tokens_before": 1000,
+        "tokens_after": tokens_after,
+        "layer_s": layer_s,
+        "signal_s": overhead_s,
+        "prune_s": 0.0,
+    }
+
+
+def test_target_checks_name_each_miss_and_its_cause():
+    from stop_hf.bench import _derive, target_checks
+
+    rows = [
+        _row("unpruned", False, 1.0, 1000, 10.0),
+        _row("oracle", False, 0.1, 100, 1.0),
+        _row("visionzip", True, 0.1, 100, 1.0, overhead_s=0.5),  # 0.5 s of 280 s: meets everything
+        _row("fastvid", False, 0.1, 100, 1.5),  # same tokens, slower layers: timing noise
+        _row("holitom", True, 0.1, 60, 1.0, overhead_s=5.0),  # 1.8% overhead, 4 pp under budget
+    ]
+    _derive(rows, LLMShape(layers=28), layers=2, n_text=10)
+    lines = target_checks({"rows": rows})
+    by_method = {line.split()[1]: line for line in lines if line.startswith("- ")}
+    assert by_method["visionzip"].endswith("meets all three")
+    assert "speedup 0.67x the oracle's" in by_method["fastvid"] and "timing noise" in by_method["fastvid"]
+    holitom = by_method["holitom"]
+    assert "overhead 1.79%" in holitom and "achieved retention 0.060" in holitom and "STTP" in holitom
+    assert "speedup" in holitom and "selection overhead" in holitom
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_peak_memory_is_per_row():
+    from stop_hf.bench import _peak_memory_mb, _reset_peak_memory
+
+    big = torch.ones(64 * 2**20)  # 256 MiB
+    big.add_(1)
+    before = _peak_memory_mb("cpu")
+    del big
+    _reset_peak_memory("cpu")
+    assert _peak_memory_mb("cpu") < before - 128
