@@ -25,7 +25,9 @@ def test_attention_received_equals_softmax_mean(chunk_size):
     keys = 3 * torch.randn(5, 4, 50, 16, generator=generator)
     received = attention_received(queries, keys, 16**-0.5, chunk_size)
     assert received.shape == (5, 50) and received.dtype == torch.float32
-    torch.testing.assert_close(received.double(), softmax_reference(queries, keys, 16**-0.5), atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(
+        received.double(), softmax_reference(queries, keys, 16**-0.5), atol=1e-7, rtol=1e-5
+    )
     torch.testing.assert_close(received.sum(-1), torch.ones(5))  # each softmax row sums to 1
 
 
@@ -43,7 +45,9 @@ def eager_pooled_attention(model, inputs, layer):
     eager.model.vision_tower.set_attn_implementation("eager")
     pixels = inputs["pixel_values_videos"].flatten(0, 1)
     with torch.no_grad():
-        weights = eager.model.vision_tower(pixels, output_attentions=True).attentions[layer]  # (F, H, 729, 729)
+        weights = eager.model.vision_tower(pixels, output_attentions=True).attentions[
+            layer
+        ]  # (F, H, 729, 729)
         return eager.model.apply_pooling(weights.mean(dim=(1, 2))[..., None])[..., 0]  # (F, 196)
 
 
