@@ -142,10 +142,19 @@ def _match_videos(
                 cursor += n
                 break
         else:
+            if int(video_positions[-1]) == row_embeds.shape[0] - 1:
+                # The video runs into the end of this forward's sequence: a chunk boundary cut it.
+                raise StopUnsupportedError(
+                    "stop_hf: a video is cut off at the end of this prefill (chunked prefill via "
+                    "generate(prefill_chunk_size=...)). Pruning needs the whole prompt in one prefill: drop "
+                    "prefill_chunk_size, or load the model without stop_config."
+                )
             raise StopUnsupportedError(
-                "stop_hf: could not match the video placeholder tokens of the prompt to a video encoded in this "
-                "call. Pass the video as pixel_values_videos (pre-computed inputs_embeds or mm_encoder_outputs "
-                "are not supported when pruning), and do not split a prompt into chunks (prefill_chunk_size)."
+                f"stop_hf: {remaining} video placeholder tokens from position {int(video_positions[cursor])} do "
+                f"not match any video encoded in this call (encoded videos have "
+                f"{[r.num_tokens for r in videos]} tokens). Pass the video as pixel_values_videos (pre-computed "
+                "inputs_embeds or mm_encoder_outputs are not supported when pruning), and do not split a prompt "
+                "into chunks (prefill_chunk_size)."
             )
     return found
 

@@ -19,7 +19,8 @@ def patch(model: Any, stop_config: ConfigLike) -> Any:
     """
     from stop_hf.patches import adapter_for
 
-    config = StopConfig.from_any(stop_config)
+    # A private copy: later edits to the caller's StopConfig must not desynchronise the built pruner and hooks.
+    config = StopConfig.from_dict(StopConfig.from_any(stop_config).to_dict())
     adapter = adapter_for(model)
     if config.prune_images:
         raise NotImplementedError(
@@ -40,8 +41,26 @@ def patch(model: Any, stop_config: ConfigLike) -> Any:
     if not config.is_identity:
         state.handles += adapter.install_capture(model, state)
     model._stop_state = state
+    # copy.deepcopy would share the hook closures (they capture this model's modules and state), so the copy would
+    # encode videos with the original's vision tower and write into the original's state. An instance attribute
+    # makes deepcopy copy the unpatched model and patch the copy with the same config instead.
+    model.__dict__["__deepcopy__"] = functools.partial(_deepcopy_patched, model)
     model.config.stop_config = config.to_dict()
     return model
+
+
+def _deepcopy_patched(model: Any, memo: dict) -> Any:
+    """`copy.deepcopy` of a patched model: an independent copy with its own hooks and state, same config."""
+    import copy
+
+    config, report = model._stop_state.config, model._stop_state.report
+    unpatch(model)
+    try:
+        clone = copy.deepcopy(model, memo)
+    finally:
+        patch(model, config)
+        model._stop_state.report = report  # the original keeps its last_prune_report
+    return patch(clone, config)
 
 
 def unpatch(model: Any) -> Any:
@@ -52,6 +71,7 @@ def unpatch(model: Any) -> Any:
     for handle in state.handles:
         handle.remove()
     del model._stop_state
+    model.__dict__.pop("__deepcopy__", None)
     if hasattr(model.config, "stop_config"):
         del model.config.stop_config
     return model
@@ -95,35 +115,50 @@ def from_pretrained(
     """Loads a supported HF video LLM and patches it.
 
     `stop_config` defaults to the one stored in the checkpoint's config (from a patched `save_pretrained`).
-    Other kwargs go to the HF `from_pretrained` unchanged.
+    Other kwargs go to the HF `from_pretrained` unchanged, config overrides such as `vision_feature_layer=-2`
+    included.
     """
-    from transformers import AutoConfig, PreTrainedModel
+    from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(
-        pretrained_model_name_or_path, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
-    )
+    config = kwargs.get("config")
+    if not isinstance(config, PretrainedConfig):
+        # Only to pick the class: HF loads (and applies config-override kwargs to) its own copy below.
+        source = pretrained_model_name_or_path if config is None else config
+        config = AutoConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
     cls = _model_class_for(config)
-    model = PreTrainedModel.from_pretrained.__func__(
-        cls, pretrained_model_name_or_path, config=config, **kwargs
-    )
+    model = PreTrainedModel.from_pretrained.__func__(cls, pretrained_model_name_or_path, **kwargs)
     chosen = stop_config if stop_config is not None else getattr(model.config, "stop_config", None)
     if chosen is not None:
         patch(model, chosen)
     return model
 
 
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
+_HUB_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "local_files_only",
+    "proxies",
+    "revision",
+    "subfolder",
+    "token",
+    "trust_remote_code",
+)
 
 
-def _kwarg_from_pretrained(
-    cls: type, *args: Any, stop_config: ConfigLike | None = None, **kwargs: Any
-) -> Any:
-    from transformers import PreTrainedModel
+def _kwarg_from_pretrained(owner: type) -> classmethod:
+    """`owner.from_pretrained` accepting `stop_config=`; everything else goes to the inherited implementation."""
 
-    model = PreTrainedModel.from_pretrained.__func__(cls, *args, **kwargs)
-    if stop_config is not None:
-        patch(model, stop_config)
-    return model
+    def from_pretrained(cls: type, *args: Any, stop_config: ConfigLike | None = None, **kwargs: Any) -> Any:
+        model = super(owner, cls).from_pretrained(*args, **kwargs)
+        if stop_config is not None:
+            patch(model, stop_config)
+        return model
+
+    from_pretrained.__doc__ = (
+        f"{owner.__name__}.from_pretrained, plus `stop_config=` (installed by `import stop_hf`): a preset name, "
+        "YAML path, dict or StopConfig that patches the loaded model. Without it, loading is unchanged."
+    )
+    return classmethod(from_pretrained)
 
 
 _KWARG_CLASSES: list[type] = []
@@ -139,7 +174,7 @@ def install_from_pretrained_kwarg() -> None:
     for name in SUPPORTED_MODEL_TYPES.values():
         cls = getattr(transformers, name)
         if "from_pretrained" not in cls.__dict__:
-            cls.from_pretrained = classmethod(_kwarg_from_pretrained)
+            cls.from_pretrained = _kwarg_from_pretrained(cls)
             _KWARG_CLASSES.append(cls)
 
 

@@ -42,6 +42,47 @@ class Answer:
         }
 
 
+@dataclass(frozen=True)
+class VideoClip:
+    """A time window of a video file, in seconds: frames are sampled uniformly inside [start, end] only.
+
+    Benchmarks that ask about one segment of a longer video (VideoComp's query clip, MVBench's STAR/STA tasks)
+    pass one of these wherever a video path is accepted. `None` means the start / end of the file."""
+
+    path: str | Path
+    start: float | None = None
+    end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError(f"VideoClip {self.path}: end={self.end} s must be after start={self.start} s")
+
+
+def read_clip(clip: VideoClip, num_frames: int) -> tuple[np.ndarray, float | None, int]:
+    """(frames (T, H, W, 3) uint8, the file's fps or None, frames inside the window) for a `VideoClip`."""
+    import av
+
+    path = Path(clip.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
+    start = clip.start if clip.start is not None else float("-inf")
+    end = clip.end if clip.end is not None else float("inf")
+    inside = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or None
+            for frame in container.decode(video=0):
+                if frame.time is None or start <= frame.time <= end:
+                    inside.append(frame.to_ndarray(format="rgb24"))
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise ValueError(f"video file {str(path)!r} could not be decoded: {exc}") from None
+    if not inside:
+        raise ValueError(f"video file {str(path)!r} has no frames in the window [{clip.start}, {clip.end}] s")
+    picks = np.linspace(0, len(inside) - 1, num=min(num_frames, len(inside))).round().astype(int)
+    return np.stack([inside[i] for i in picks]), fps, len(inside)
+
+
 class StageTimer:
     """Times the vision encoder, the LLM prefill and the decode steps with forward hooks (removed on exit)."""
 
@@ -151,6 +192,8 @@ class VideoLLM:
         """(T, H, W, 3) uint8 frames from a file (PyAV, uniform sampling) or an array/list of frames."""
         from .testing.video import read_video
 
+        if isinstance(video, VideoClip):
+            return read_clip(video, self.num_frames)[0]
         if isinstance(video, (str, Path)):
             return read_video(video, self.num_frames)
         frames = np.asarray(video)
@@ -220,7 +263,7 @@ class VideoLLM:
 
 
 def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
-    """A qwen-vl-utils video element for a file or a frame array: PIL frames plus the fps they were sampled at.
+    """A qwen-vl-utils video element for a file, a `VideoClip` or a frame array: PIL frames plus their sampling fps.
 
     Files are decoded with PyAV (qwen-vl-utils' own mp4 readers need decord or torchcodec + system ffmpeg):
     `num_frames` uniformly sampled frames, `sample_fps = num_frames / total_frames * video_fps`, the rule of
@@ -230,7 +273,11 @@ def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
 
     from .testing.video import read_video
 
-    if isinstance(video, (str, Path)):
+    if isinstance(video, VideoClip):
+        frames, video_fps, total = read_clip(video, num_frames)
+        sample_fps = 2.0 if video_fps is None else len(frames) / max(total, 1) * video_fps
+        raw_fps = video_fps or sample_fps
+    elif isinstance(video, (str, Path)):
         import av
 
         frames = read_video(video, num_frames)

@@ -43,14 +43,26 @@ def test_unknown_key_is_named_with_valid_keys():
 
 @pytest.mark.parametrize("value", [0, 0.0, 1.5, -0.1, "half", True])
 def test_retention_out_of_range(value):
-    with pytest.raises(StopConfigError, match="retention"):
+    with pytest.raises(StopConfigError) as err:
         StopConfig(method="uniform", retention=value)
+    message = str(err.value)
+    assert f"retention={value!r}" in message and ("(0, 1]" in message or "0 < r <= 1" in message)
+
+
+def test_unknown_key_in_a_yaml_file_is_named(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("method: uniform\nretention: 0.5\nmu_S: 0.1\n")
+    with pytest.raises(StopConfigError) as err:
+        StopConfig.from_any(path)
+    assert "'mu_S'" in str(err.value) and "'mu_s'" in str(err.value)
 
 
 def test_unknown_method_lists_allowed():
     with pytest.raises(StopConfigError) as err:
         StopConfig(method="tome")
-    assert "'tome'" in str(err.value) and "uniform" in str(err.value)
+    message = str(err.value)
+    assert "method='tome'" in message and "allowed" in message
+    assert all(name in message for name in ("none", "uniform", "random", "visionzip", "fastvid", "holitom"))
 
 
 def test_unknown_method_param_is_named():
@@ -69,14 +81,14 @@ def test_sink_needs_an_attention_method():
 
 
 def test_missing_yaml_file(tmp_path):
-    with pytest.raises(StopConfigError, match="does not exist"):
+    with pytest.raises(StopConfigError, match=r"YAML file '.*nope\.yaml' does not exist"):
         StopConfig.from_any(str(tmp_path / "nope.yaml"))
 
 
 def test_malformed_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("method: [uniform\nretention: 0.5\n")
-    with pytest.raises(StopConfigError, match="malformed"):
+    with pytest.raises(StopConfigError, match=r"(?s)YAML file '.*bad\.yaml' is malformed: .*line 1"):
         StopConfig.from_any(str(path))
 
 
@@ -103,3 +115,16 @@ def test_retention_one_is_identity_for_every_method():
 
     for method in PRUNERS:
         assert StopConfig(method=method, retention=1.0).is_identity
+
+
+def test_patch_keeps_its_own_copy_of_the_config(tmp_path):
+    """Editing the StopConfig object after patching cannot desynchronise a patched model."""
+    import stop_hf
+    from stop_hf.testing import build_tiny_model
+
+    model = build_tiny_model("qwen2_5_vl")
+    config = StopConfig(method="uniform", retention=0.5)
+    stop_hf.patch(model, config)
+    config.retention = 1.0
+    assert stop_hf.get_stop_config(model).retention == 0.5
+    assert model.config.stop_config["retention"] == 0.5

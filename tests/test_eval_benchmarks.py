@@ -5,17 +5,18 @@ import pytest
 from stop_hf.eval import synthetic
 from stop_hf.eval.benchmarks import get_benchmark
 from stop_hf.eval.runner import compare_to_reference, evaluate, load_results, read_jsonl
-from stop_hf.runner import Answer
+from stop_hf.runner import Answer, VideoClip
 
 
 class Scripted:
     """Same `.answer()` API as VideoLLM; answers by the first matching substring of the prompt."""
 
     def __init__(self, script, default=""):
-        self.script, self.default, self.calls = script, default, 0
+        self.script, self.default, self.calls, self.videos = script, default, 0, []
 
     def answer(self, video, question, max_new_tokens=16):
         self.calls += 1
+        self.videos.append(video)
         text = next((t for key, t in self.script.items() if key in question), self.default)
         return Answer(text, 10, 8, 100, 20, {"prefill": 0.01, "total": 0.02})
 
@@ -37,11 +38,11 @@ def data(tmp_path_factory):
 
 
 def test_eventhallusion_binary_and_missing_video(data, tmp_path):
-    # entire e1 (No), interleave i1 (Yes), misleading m1 (2x No, video missing)
+    # entire e1 (No), interleave mix_001 (Yes; video interleave_001.mp4), misleading m1 (2x No, video missing)
     llm = Scripted({"turn into a cat": "Yes, because it morphs.", "move across": "yes"})
     res = evaluate(llm, "eventhallusion", data["eventhallusion"], tmp_path / "r.json", progress=False)
     m = res["metrics"]
-    # scored binary: e1 wrong (yes vs no), i1 right -> 50 %; yes-rate 2/2
+    # scored binary: e1 wrong (yes vs no), mix_001 right -> 50 %; yes-rate 2/2
     assert m["binary_n"] == 2 and m["binary_accuracy"] == pytest.approx(50.0)
     assert m["binary_entire"] == 0.0 and m["binary_interleave"] == 100.0
     assert m["yes_rate"] == 100.0
@@ -75,16 +76,42 @@ def test_videocomp(data, tmp_path):
     res = evaluate(llm, "videocomp", data["videocomp"], tmp_path / "r.json", progress=False)
     assert res["metrics"]["activitynet"] == 100.0 and res["metrics"]["youcook2"] == 0.0
     assert res["metrics"]["accuracy"] == pytest.approx(200 / 3)
+    # the full ActivityNet video is sampled only inside each query window (microseconds -> seconds); the
+    # trimmed YouCook2 clip is used whole
+    source = data["videocomp"] / "activitynet_video" / "v_act1.mp4"
+    assert llm.videos[:2] == [VideoClip(source, 0.0, 1.0), VideoClip(source, 1.0, 2.0)]
+    assert llm.videos[2] == data["videocomp"] / "videos" / "yc1_0.mp4"
+    assert [r.get("window") for r in read_jsonl(tmp_path / "r.jsonl")] == [[0.0, 1.0], [1.0, 2.0], None]
 
 
 def test_mvbench_mean_over_tasks(data, tmp_path):
-    # action_count: a1 gt "4"=B, a2 gt "1"=A; object_shuffle: gt "right"=C
+    # action_sequence: a1 gt "4"=B, a2 gt "1"=A; object_shuffle: gt "right"=C
     llm = Scripted({"(C) 5": "B.", "(B) 2": "B", "object_shuffle": "right"})
     res = evaluate(llm, "mvbench", data["mvbench"], tmp_path / "r.json", progress=False)
     m = res["metrics"]
-    assert m["by_task"] == {"action_count": 50.0, "object_shuffle": 100.0}
+    assert m["by_task"] == {"action_sequence": 50.0, "object_shuffle": 100.0}
     assert m["accuracy"] == pytest.approx(75.0) and m["overall_accuracy"] == pytest.approx(200 / 3)
     assert res["n_errors"] == 0
+    # STAR tasks are about [start, end] of the video, read from the official per-task folder
+    star = data["mvbench"] / "video" / "star" / "Charades_v1_480"
+    assert llm.videos[:2] == [VideoClip(star / "a1.mp4", 0.0, 0.5), VideoClip(star / "a2.mp4", 0.0, 0.5)]
+    assert llm.videos[2] == data["mvbench"] / "video" / "perception" / "videos" / "o1.mp4"
+
+
+def test_read_clip_samples_inside_the_window_only(data):
+    """8 frames at 4 fps: the window [1.0, 1.75] s holds frames 4..7; frames come from there only."""
+    from stop_hf.runner import read_clip
+    from stop_hf.testing.video import read_video
+
+    source = data["videocomp"] / "activitynet_video" / "v_act1.mp4"
+    every = read_video(source, 8)
+    frames, fps, inside = read_clip(VideoClip(source, 1.0, 1.75), 2)
+    assert fps == 4.0 and inside == 4 and frames.shape[0] == 2
+    assert (frames[0] == every[4]).all() and (frames[1] == every[7]).all()
+    with pytest.raises(ValueError, match="no frames in the window"):
+        read_clip(VideoClip(source, 5.0, 6.0), 2)
+    with pytest.raises(ValueError, match="must be after"):
+        VideoClip(source, 2.0, 1.0)
 
 
 def test_videomme_by_duration_and_limit(data, tmp_path):
@@ -159,3 +186,22 @@ def test_compare_table_pdr_by_hand(data, tmp_path):
     assert row["loyalty %"] == pytest.approx(200 / 3)
     assert dict(zip(header, rows[0]))["PDR %"] is None
     assert "visionzip_baseline_r10" in format_table([ref, pruned])
+
+
+def test_resume_refuses_records_of_another_run(data, tmp_path):
+    """Resuming into a JSONL written with another config would mix two runs' answers in one score."""
+    out = tmp_path / "r.json"
+    pruned = {"model": "m", "config_name": "visionzip_stop_r10", "frames": 8}
+    evaluate(Scripted({}, "A"), "videomme", data["videomme"], out, limit=1, run_info=pruned, progress=False)
+    resumed = Scripted({}, "A")
+    evaluate(resumed, "videomme", data["videomme"], out, run_info=pruned, progress=False)
+    assert resumed.calls == 3
+    with pytest.raises(ValueError, match="config_name='visionzip_stop_r10'.*different --out"):
+        evaluate(
+            Scripted({}, "A"),
+            "videomme",
+            data["videomme"],
+            out,
+            run_info={**pruned, "config_name": "none"},
+            progress=False,
+        )

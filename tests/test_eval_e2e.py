@@ -6,7 +6,7 @@ import pytest
 
 from stop_hf.cli import main
 from stop_hf.eval import synthetic
-from stop_hf.eval.metrics import mc_letter, yes_no
+from stop_hf.eval.metrics import eventhallusion_yes_no, mc_letter
 from stop_hf.eval.runner import read_jsonl
 
 LETTERS = "ABCD"
@@ -57,10 +57,10 @@ def test_tiny_end_to_end(tmp_path, bench, model):
     m = res["metrics"]
     if bench == "eventhallusion":
         binary = [r for r in records if r["kind"] == "binary"]
-        hand = 100 * sum(yes_no(r["answer"]) == r["gt"] for r in binary) / len(binary)
+        hand = 100 * sum(eventhallusion_yes_no(r["answer"]) == r["gt"] for r in binary) / len(binary)
         assert m["binary_accuracy"] == pytest.approx(hand)
         assert m["yes_rate"] == pytest.approx(
-            100 * sum(yes_no(r["answer"]) == "yes" for r in binary) / len(binary)
+            100 * sum(eventhallusion_yes_no(r["answer"]) == "yes" for r in binary) / len(binary)
         )
         assert m["desc_accuracy"] == "skipped"
     elif bench == "mvbench":

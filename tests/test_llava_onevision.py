@@ -114,16 +114,35 @@ def test_sampling_with_two_return_sequences(llava_model, llava_inputs):
         assert (step0[row] - last[0]).abs().max() <= 1e-5
 
 
-def test_beam_search(llava_model, llava_reference, llava_inputs):
-    stop_hf.patch(llava_model, {"method": "uniform", "retention": 0.1})
+def teacher_forced_log_prob(model, inputs, tokens):
+    """Sum of log p(token) for `tokens` (n,) after the prompt, fed one at a time through the cache: () tensor."""
+    total = torch.zeros(())
     with torch.no_grad():
-        out = llava_model.generate(**llava_inputs, max_new_tokens=4, num_beams=2, do_sample=False)
-    assert out.shape == (1, llava_inputs["input_ids"].shape[1] + 4)
-    # beam search keeps the best of greedy-like hypotheses: it must differ from the unpruned model's beam output
-    # only through pruning; check determinism across two runs instead of a value
+        out = model(**inputs, use_cache=True)
+        for token in tokens:
+            total += out.logits[0, -1].log_softmax(-1)[token]
+            out = model(input_ids=token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+    return total
+
+
+@pytest.mark.parametrize("mode", ["original", "compact"])
+def test_beam_search_score_equals_teacher_forced_decode(llava_model, llava_inputs, mode):
+    """The best beam's score is the sum of its token log-probs (length_penalty 0): recomputing them with a plain
+    decode loop checks the cache reordering, mask translation and positions of every beam step."""
+    stop_hf.patch(llava_model, {"method": "uniform", "retention": 0.1, "position_mode": mode})
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, num_beams=3, length_penalty=0.0, do_sample=False)
     with torch.no_grad():
-        again = llava_model.generate(**llava_inputs, max_new_tokens=4, num_beams=2, do_sample=False)
-    assert torch.equal(out, again)
+        out = llava_model.generate(**llava_inputs, output_scores=True, return_dict_in_generate=True, **kwargs)
+    tokens = out.sequences[0, llava_inputs["input_ids"].shape[1] :]
+    assert tokens.shape == (4,)
+    expected = teacher_forced_log_prob(llava_model, llava_inputs, tokens)
+    assert abs(float(out.sequences_scores[0]) - float(expected)) <= 1e-4
+
+
+def test_generate_without_cache_equals_cached(llava_model, llava_inputs):
+    """use_cache=False re-runs (and re-prunes) the whole sequence at every step."""
+    stop_hf.patch(llava_model, {"method": "uniform", "retention": 0.1, "position_mode": "compact"})
+    assert torch.equal(greedy(llava_model, llava_inputs), greedy(llava_model, llava_inputs, use_cache=False))
 
 
 def test_batch_with_left_padding_and_different_kept_counts(llava_model, llava_processor):
@@ -179,6 +198,26 @@ def test_two_models_do_not_affect_each_other(llava_reference, llava_inputs):
     assert torch.equal(logits_of(model_b, llava_inputs), first_b)
     assert logits_of(llava_reference, llava_inputs).shape[1] == llava_inputs["input_ids"].shape[1]
     assert model_a.config.stop_config["retention"] == 0.5 and model_b.config.stop_config["retention"] == 0.1
+    # patching is per instance: the unpatched model's modules carry no wrapper
+    assert not any(vars(module).get("get_video_features") for module in llava_reference.modules())
+
+
+def test_deepcopy_of_a_patched_model_is_independent(llava_model, llava_inputs):
+    """copy.deepcopy gives a model with its own hooks and state (not the original's closures)."""
+    stop_hf.patch(llava_model, {"method": "visionzip", "retention": 0.2})
+    expected = logits_of(llava_model, llava_inputs)
+    clone = copy.deepcopy(llava_model)
+    assert torch.equal(logits_of(clone, llava_inputs), expected)
+    with torch.no_grad():
+        for param in clone.model.vision_tower.parameters():
+            param.mul_(0.5)
+    other_video = dict(llava_inputs, pixel_values_videos=llava_inputs["pixel_values_videos"].flip(1))
+    assert logits_of(clone, other_video).shape == expected.shape  # encoded by the clone, matched by the clone
+    assert stop_hf.last_prune_report(clone)[0]["tokens_after"] == expected.shape[1] - 11
+    assert torch.equal(logits_of(llava_model, llava_inputs), expected)
+    stop_hf.unpatch(clone)
+    assert logits_of(clone, llava_inputs).shape[1] == llava_inputs["input_ids"].shape[1]
+    assert stop_hf.is_patched(llava_model)
 
 
 def test_deterministic_across_runs(llava_model, llava_inputs):
@@ -205,6 +244,41 @@ def test_from_pretrained_kwarg_and_auto_class(llava_checkpoint):
     )
     explicit = stop_hf.from_pretrained(llava_checkpoint, stop_config="uniform_r10")
     assert stop_hf.get_stop_config(explicit).retention == 0.1
+
+
+def test_from_pretrained_passes_config_overrides_on(llava_checkpoint):
+    """HF kwargs that override config fields reach the config, through both entry points."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    explicit = stop_hf.from_pretrained(llava_checkpoint, stop_config="uniform_r10", vision_feature_layer=-2)
+    via_kwarg = LlavaOnevisionForConditionalGeneration.from_pretrained(
+        llava_checkpoint, stop_config="uniform_r10", vision_feature_layer=-2
+    )
+    for model in (explicit, via_kwarg):
+        assert model.config.vision_feature_layer == -2 and stop_hf.is_patched(model)
+
+
+def test_from_pretrained_of_an_unsupported_checkpoint_names_supported(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(tmp_path)
+    with pytest.raises(TypeError) as err:
+        stop_hf.from_pretrained(tmp_path, stop_config="uniform_r10")
+    message = str(err.value)
+    assert (
+        "'qwen2'" in message
+        and "llava_onevision" in message
+        and "Qwen2_5_VLForConditionalGeneration" in message
+    )
 
 
 def test_save_reload_keeps_stop_config(llava_model, llava_inputs, tmp_path):
@@ -248,24 +322,29 @@ def test_unsupported_model_class_names_supported():
     )
     with pytest.raises(TypeError) as err:
         stop_hf.patch(model, "uniform_r10")
-    assert "Qwen2ForCausalLM" in str(err.value) and "LlavaOnevisionForConditionalGeneration" in str(err.value)
+    message = str(err.value)
+    assert "Qwen2ForCausalLM" in message
+    assert (
+        "LlavaOnevisionForConditionalGeneration" in message
+        and "Qwen2_5_VLForConditionalGeneration" in message
+    )
 
 
 def test_static_cache_is_refused(llava_model, llava_inputs):
     stop_hf.patch(llava_model, "uniform_r10")
-    with pytest.raises(StopUnsupportedError, match="static"):
+    with pytest.raises(StopUnsupportedError, match=r"StaticCache \(cache_implementation='static'"):
         greedy(llava_model, llava_inputs, n=2, cache_implementation="static")
 
 
 def test_chunked_prefill_is_refused(llava_model, llava_inputs):
     stop_hf.patch(llava_model, "uniform_r10")
-    with pytest.raises(StopUnsupportedError, match="prefill_chunk_size|chunked"):
+    with pytest.raises(StopUnsupportedError, match=r"chunked prefill .*prefill_chunk_size"):
         greedy(llava_model, llava_inputs, n=2, prefill_chunk_size=64)
 
 
 def test_labels_are_refused(llava_model, llava_inputs):
     stop_hf.patch(llava_model, "uniform_r10")
-    with pytest.raises(StopUnsupportedError, match="labels"):
+    with pytest.raises(StopUnsupportedError, match=r"labels=.*not supported"):
         llava_model(**llava_inputs, labels=llava_inputs["input_ids"])
 
 

@@ -251,6 +251,29 @@ def test_recomputed_attention_matches_eager(qwen_model, qwen_reference, qwen_inp
         assert torch.allclose(record.attention.sum(-1), torch.full((4,), 0.25), atol=1e-5)
 
 
+@pytest.mark.parametrize(("block", "patches"), [(None, 20 * 28), (0, 64)])
+def test_sink_penalty_is_rescaled_to_the_patches_per_softmax(
+    qwen_model, qwen_inputs, monkeypatch, block, patches
+):
+    """The mu_s rule (docs/configuration.md): STSP gets mu_s' = mu_s * 729 / P, with P the keys of one saliency
+    softmax (one temporal patch for a full-attention block, one window for a windowed block)."""
+    from stop_hf.sink import Sink
+
+    weights = []
+    original = Sink.spatial_weight
+
+    def spy(self, attention_patches=729):
+        weights.append(original(self, attention_patches))
+        return weights[-1]
+
+    monkeypatch.setattr(Sink, "spatial_weight", spy)
+    stop_hf.patch(
+        qwen_model, {"method": "visionzip", "retention": 0.2, "sink": True, "saliency_layer": block}
+    )
+    logits_of(qwen_model, qwen_inputs)
+    assert weights and all(w == pytest.approx(0.03 * 729 / patches) for w in weights)
+
+
 def test_global_features_are_per_temporal_patch_means(qwen_model, qwen_reference, qwen_inputs):
     with torch.no_grad():
         encoded = qwen_reference.model.get_video_features(
@@ -284,11 +307,34 @@ def test_sampling_with_two_return_sequences(qwen_model, qwen_inputs):
     assert (out.logits[0] - last).abs().max() <= 1e-5
 
 
-def test_beam_search(qwen_model, qwen_inputs):
+def teacher_forced_log_prob(model, inputs, tokens):
+    """Sum of log p(token) for `tokens` (n,) after the prompt, fed one at a time through the cache: (1,) tensor."""
+    total = torch.zeros(())
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        for token in tokens:
+            total += out.logits[0, -1].log_softmax(-1)[token]
+            out = model(input_ids=token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+    return total
+
+
+def test_beam_search_score_equals_teacher_forced_decode(qwen_model, qwen_inputs):
+    """The best beam's score is the sum of its token log-probs (length_penalty 0): recomputing them with a plain
+    decode loop checks the cache reordering, mask translation and positions of every beam step."""
     stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.1})
-    out = greedy(qwen_model, qwen_inputs, n=4, num_beams=2)
-    assert out.shape == (1, qwen_inputs["input_ids"].shape[1] + 4)
-    assert torch.equal(out, greedy(qwen_model, qwen_inputs, n=4, num_beams=2))
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, num_beams=3, length_penalty=0.0, do_sample=False)
+    with torch.no_grad():
+        out = qwen_model.generate(**qwen_inputs, output_scores=True, return_dict_in_generate=True, **kwargs)
+    tokens = out.sequences[0, qwen_inputs["input_ids"].shape[1] :]
+    assert tokens.shape == (4,)
+    expected = teacher_forced_log_prob(qwen_model, qwen_inputs, tokens)
+    assert abs(float(out.sequences_scores[0]) - float(expected)) <= 1e-4
+
+
+def test_generate_without_cache_equals_cached(qwen_model, qwen_inputs):
+    """use_cache=False re-runs (and re-prunes) the whole sequence at every step."""
+    stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.25})
+    assert torch.equal(greedy(qwen_model, qwen_inputs), greedy(qwen_model, qwen_inputs, use_cache=False))
 
 
 def test_batch_with_different_video_grids(qwen_model, qwen_reference, qwen_processor):
@@ -307,6 +353,17 @@ def test_batch_with_different_video_grids(qwen_model, qwen_reference, qwen_proce
         assert torch.equal(batched[row], greedy(qwen_model, inputs)[0, inputs["input_ids"].shape[1] :])
         assert (batched_last[row] - logits_of(qwen_model, inputs)[0, -1]).abs().max() <= 1e-5
     assert_matches_reference(qwen_model, qwen_reference, batch)
+
+
+def test_batch_with_a_text_only_row(qwen_model, qwen_reference, qwen_processor):
+    """Row 1 has no video: it passes through unpruned beside a pruned row and matches its single-sample run."""
+    texts = [prompt(VIDEO), prompt(question="what is the color of the sky ?")]
+    batch = make_inputs(qwen_processor, texts, [video(8)])
+    stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.25})
+    assert_matches_reference(qwen_model, qwen_reference, batch)
+    batched = greedy(qwen_model, batch)[:, batch["input_ids"].shape[1] :]
+    text_only = dict(qwen_processor(text=texts[1:], return_tensors="pt"))
+    assert torch.equal(batched[1], greedy(qwen_model, text_only)[0, text_only["input_ids"].shape[1] :])
 
 
 def test_two_videos_in_one_prompt(qwen_model, qwen_reference, qwen_processor):
@@ -402,6 +459,39 @@ def test_qwen_vl_utils_frame_list_path(qwen_model, qwen_reference, qwen_processo
     greedy(qwen_model, inputs, n=3)
 
 
+def test_qwen_vl_utils_mp4_path(qwen_model, qwen_reference, qwen_processor, tmp_path):
+    """A local mp4 through process_vision_info (read with PyAV: this environment has neither torchcodec nor decord)
+    -> processor with the returned metadata -> patched generate."""
+    from qwen_vl_utils import process_vision_info
+
+    from stop_hf.testing import qwen_vl_utils_pyav_backend
+
+    path = write_video(tmp_path / "clip.mp4", num_frames=12, fps=4, height=112, width=168)  # 3 s
+    content = [{"type": "video", "video": f"file://{path}", "fps": 2.0}, {"type": "text", "text": "what ?"}]
+    with qwen_vl_utils_pyav_backend():
+        _, videos, video_kwargs = process_vision_info(
+            [{"role": "user", "content": content}], return_video_kwargs=True, return_video_metadata=True
+        )
+    clips, metadata = zip(*videos)
+    assert clips[0].shape[0] == 6 and metadata[0]["fps"] == 4.0  # 3 s sampled at 2 fps
+    inputs = dict(
+        qwen_processor(
+            text=[prompt(VIDEO)],
+            videos=list(clips),
+            video_metadata=list(metadata),
+            do_resize=False,
+            return_tensors="pt",
+            **video_kwargs,
+        )
+    )
+    assert inputs["second_per_grid_ts"].tolist() == [1.0]  # 2 frames per temporal patch at 2 fps
+    assert temporal_ids(qwen_reference, inputs).numel() == 3
+    stop_hf.patch(qwen_model, "visionzip_stop_r25")
+    assert_matches_reference(qwen_model, qwen_reference, inputs)
+    out = greedy(qwen_model, inputs, n=3, min_new_tokens=3)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
+
+
 def test_mp4_through_videollm(qwen_checkpoint, tmp_path):
     from stop_hf.runner import VideoLLM
 
@@ -425,6 +515,61 @@ def test_demo_runs_on_tiny_qwen(capsys):
     )
     out = capsys.readouterr().out
     assert "qwen2_5_vl" in out and "560 -> 560" in out and "[visionzip_stop_r10]" in out
+
+
+# ------------------------------------------------------------------------------------------------ isolation, loading
+def test_two_models_and_a_deepcopy_do_not_affect_each_other(qwen_reference, qwen_inputs):
+    model_a, model_b = copy.deepcopy(qwen_reference), copy.deepcopy(qwen_reference)
+    stop_hf.patch(model_a, {"method": "visionzip", "retention": 0.5})
+    stop_hf.patch(model_b, {"method": "uniform", "retention": 0.1})
+    first_a, first_b = logits_of(model_a, qwen_inputs), logits_of(model_b, qwen_inputs)
+    assert first_a.shape[1] != first_b.shape[1]
+    assert torch.equal(logits_of(model_a, qwen_inputs), first_a)
+    # A copy of a patched model owns its hooks: it encodes with its own (here: changed) vision tower.
+    clone = copy.deepcopy(model_a)
+    assert stop_hf.get_stop_config(clone) == stop_hf.get_stop_config(model_a)
+    assert torch.equal(logits_of(clone, qwen_inputs), first_a)
+    with torch.no_grad():
+        clone.model.visual.blocks[-1].attn.qkv.weight.mul_(0.5)
+    changed = logits_of(clone, qwen_inputs)
+    assert stop_hf.last_prune_report(clone)[0]["attention"] is not None
+    assert not torch.equal(changed, first_a)
+    assert torch.equal(logits_of(model_a, qwen_inputs), first_a)
+    assert logits_of(qwen_reference, qwen_inputs).shape[1] == qwen_inputs["input_ids"].shape[1]
+
+
+def test_from_pretrained_kwarg_auto_class_and_save_reload(qwen_checkpoint, qwen_inputs, tmp_path):
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
+
+    assert not stop_hf.is_patched(Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_checkpoint))
+    model = AutoModelForImageTextToText.from_pretrained(qwen_checkpoint, stop_config="uniform_r25").eval()
+    assert type(model) is Qwen2_5_VLForConditionalGeneration
+    expected = logits_of(model, qwen_inputs)
+    assert expected.shape[1] == qwen_inputs["input_ids"].shape[1] - (560 - 4 * 35)
+    model.save_pretrained(tmp_path)
+    reloaded = stop_hf.from_pretrained(tmp_path).eval()
+    assert stop_hf.get_stop_config(reloaded) == stop_hf.get_stop_config(model)
+    assert torch.equal(logits_of(reloaded, qwen_inputs), expected)
+
+
+# ------------------------------------------------------------------------------------------------ guards
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cache_implementation": "static"}, r"StaticCache \(cache_implementation='static'"),
+        ({"prefill_chunk_size": 64}, r"chunked prefill .*prefill_chunk_size"),
+    ],
+)
+def test_unsupported_generate_modes_are_refused(qwen_model, qwen_inputs, kwargs, message):
+    stop_hf.patch(qwen_model, "uniform_r25")
+    with pytest.raises(StopUnsupportedError, match=message):
+        greedy(qwen_model, qwen_inputs, n=2, **kwargs)
+
+
+def test_labels_are_refused(qwen_model, qwen_inputs):
+    stop_hf.patch(qwen_model, "uniform_r25")
+    with pytest.raises(StopUnsupportedError, match=r"labels=.*not supported"):
+        qwen_model(**qwen_inputs, labels=qwen_inputs["input_ids"])
 
 
 # ------------------------------------------------------------------------------------------------ bad input

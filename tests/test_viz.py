@@ -162,3 +162,16 @@ def test_real_pipeline_report_round_trips(arch):
     assert images.shape[1:3] == viz.seen_size((h, w), arch)
     assert viz.outlined_tokens(viz.overlay(images, entry), (h, w)) == viz.kept_tokens(entry)
     assert viz.sink_scores(entry).shape == (h * w,)
+
+
+def test_viz_cli_without_matplotlib_names_the_extra(monkeypatch, capsys, tmp_path):
+    """`stop-hf viz` without matplotlib: one line naming the extra, exit code 2, before any video or model work."""
+    from stop_hf.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    code = main(["viz", "--synthetic-video", "--out", str(tmp_path / "viz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("stop-hf viz: error:") and "pip install 'stop-hf[viz]'" in err[0]
+    assert not (tmp_path / "viz").exists()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import LETTERS, mc_letter, mean, strip_option_prefix, yes_no
+from .metrics import LETTERS, eventhallusion_yes_no, judge_verdict, mc_letter, mean, strip_option_prefix
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
@@ -27,6 +27,8 @@ class Sample:
     options: list[str] = field(default_factory=list)
     kind: str = "mc"  # "mc" | "binary" | "judge"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: (start, end) in seconds when the question is about one segment of the video (None: the whole file)
+    window: tuple[float | None, float | None] | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -45,6 +47,15 @@ def _find_video(folders: list[Path], stem: str) -> Path:
         if candidate.is_file():
             return candidate
     return folders[0] / (stem if Path(stem).suffix else f"{stem}.mp4")
+
+
+def _find_existing(folders: list[Path], stems: list[str]) -> Path | None:
+    """The first existing video among `stems` in `folders`, else None."""
+    for stem in stems:
+        found = _find_video(folders, stem)
+        if found.is_file():
+            return found
+    return None
 
 
 def _pct(correct: list[bool]) -> float | None:
@@ -102,9 +113,44 @@ class _MultipleChoice(Benchmark):
         return out
 
 
+#: MVBench's video folder per task under `video/` (the layout of HF `OpenGVLab/MVBench`, as its README lists it)
+MVBENCH_FOLDERS = {
+    "action_sequence": "star/Charades_v1_480",
+    "action_prediction": "star/Charades_v1_480",
+    "action_antonym": "ssv2_video",
+    "fine_grained_action": "Moments_in_Time_Raw/videos",
+    "unexpected_action": "FunQA_test/test",
+    "object_existence": "clevrer/video_validation",
+    "object_interaction": "star/Charades_v1_480",
+    "object_shuffle": "perception/videos",
+    "moving_direction": "clevrer/video_validation",
+    "action_localization": "sta/sta_video",
+    "scene_transition": "scene_qa/video",
+    "action_count": "perception/videos",
+    "moving_count": "clevrer/video_validation",
+    "moving_attribute": "clevrer/video_validation",
+    "state_change": "perception/videos",
+    "fine_grained_pose": "nturgbd",
+    "character_order": "perception/videos",
+    "egocentric_navigation": "vlnqa",
+    "episodic_reasoning": "tvqa/frames_fps3_hq",
+    "counterfactual_inference": "clevrer/video_validation",
+}
+#: tasks whose question is about the segment [start, end] (seconds) of the video, given in each item
+MVBENCH_BOUNDED = {
+    "action_sequence",
+    "action_prediction",
+    "object_interaction",
+    "action_localization",
+    "episodic_reasoning",
+}
+
+
 class MVBench(_MultipleChoice):
-    """HF `OpenGVLab/MVBench`: `json/<task>.json` (lists of {video, question, candidates, answer}) and `video/...`.
-    Metric: per-task accuracy and their mean (`accuracy` = mean over tasks, as MVBench reports "Avg")."""
+    """HF `OpenGVLab/MVBench`: `json/<task>.json` (lists of {video, question, candidates, answer[, start, end]})
+    and `video/<task folder>/<video>` (`MVBENCH_FOLDERS`). The STAR / STA / TVQA tasks (`MVBENCH_BOUNDED`) ask
+    about the [start, end] segment only. Metric: per-task accuracy and their mean (`accuracy`, MVBench's "Avg").
+    `episodic_reasoning` ships frame folders, not video files: those samples are recorded as errors."""
 
     name = "mvbench"
     headline = ["accuracy"]
@@ -122,10 +168,24 @@ class MVBench(_MultipleChoice):
                 candidates = [str(c) for c in item["candidates"]]
                 answer = LETTERS[candidates.index(str(item["answer"]))]
                 rel = str(item["video"])
-                video = index.get(rel) or index.get(Path(rel).name) or root / "video" / task / rel
+                official = root / "video" / MVBENCH_FOLDERS.get(task, task) / rel
+                video = (
+                    official
+                    if official.is_file()
+                    else index.get(rel) or index.get(Path(rel).name) or official
+                )
+                window = None
+                if task in MVBENCH_BOUNDED and item.get("start") is not None and item.get("end") is not None:
+                    window = (float(item["start"]), float(item["end"]))
                 samples.append(
                     Sample(
-                        f"{task}/{i}", video, str(item["question"]), answer, candidates, meta={"task": task}
+                        f"{task}/{i}",
+                        video,
+                        str(item["question"]),
+                        answer,
+                        candidates,
+                        meta={"task": task},
+                        window=window,
                     )
                 )
         return samples
@@ -219,13 +279,18 @@ class VideoMME(_MultipleChoice):
 
 class VideoComp(_MultipleChoice):
     """`activitynet_comp_val.json` / `youcook2_comp_val.json` (lists of {video_id, question, answer, key,
-    query_video/start_time, query_video/end_time, options?}) and trimmed clips `videos/<key>.mp4` (or
-    `videos/<video_id>.mp4`). `question` holds the captions as lettered options unless an `options` list is given;
-    `answer` is the letter or the correct option's text. Metric: accuracy per subset (Act, YC)."""
+    query_video/start_time, query_video/end_time, options?}). Videos: the full source videos,
+    `activitynet_video/v_<video_id>.{mp4,mkv,webm}` and `raw_videos/video/<video_id>.{mp4,mkv,webm}` (ActivityNet
+    Captions / YouCook2 as downloaded), of which only the query window is sampled (the times are microseconds);
+    or already-trimmed clips `videos/[<subset>/]<key>.mp4`, used whole. `question` holds the captions as lettered
+    options unless an `options` list is given; `answer` is the letter or the correct option's text.
+    Metric: accuracy per subset (Act, YC)."""
 
     name = "videocomp"
     headline = ["activitynet", "youcook2"]
     SUBSETS = {"activitynet": "activitynet_comp_val.json", "youcook2": "youcook2_comp_val.json"}
+    SOURCE_FOLDERS = {"activitynet": ("activitynet_video", "v_"), "youcook2": ("raw_videos/video", "")}
+    MICROSECONDS = 1_000_000
 
     def load(self, data_dir):
         root = Path(data_dir)
@@ -234,7 +299,8 @@ class VideoComp(_MultipleChoice):
             path = root / filename
             if not path.is_file():
                 continue
-            folders = [root / "videos" / subset, root / "videos", root]
+            folders = [root / "videos" / subset, root / "videos"]
+            source_folder, prefix = self.SOURCE_FOLDERS[subset]
             for i, item in enumerate(_read_json(path)):
                 options = [str(o) for o in item.get("options", [])]
                 inline = not options
@@ -246,9 +312,19 @@ class VideoComp(_MultipleChoice):
                 if options and answer not in LETTERS[: len(options)]:
                     answer = LETTERS[options.index(answer)]
                 key = str(item.get("key") or item["video_id"])
-                video = _find_video(folders, key)
+                video_id = str(item["video_id"])
+                window = None
+                video = _find_video(folders, key)  # a trimmed clip: used whole
                 if not video.is_file():
-                    video = _find_video(folders, str(item["video_id"]))
+                    names = (
+                        [f"{prefix}{video_id}", video_id]
+                        if prefix and not video_id.startswith(prefix)
+                        else [video_id]
+                    )
+                    video = _find_existing([root / source_folder], names) or _find_video(
+                        [root / source_folder], names[0]
+                    )
+                    window = self._window(item)
                 meta = {
                     "subset": subset,
                     "inline_options": inline,
@@ -256,11 +332,26 @@ class VideoComp(_MultipleChoice):
                     "end": item.get("query_video/end_time"),
                 }
                 samples.append(
-                    Sample(f"{subset}/{key}/{i}", video, str(item["question"]), answer, options, meta=meta)
+                    Sample(
+                        f"{subset}/{key}/{i}",
+                        video,
+                        str(item["question"]),
+                        answer,
+                        options,
+                        meta=meta,
+                        window=window,
+                    )
                 )
         if not samples:
             raise FileNotFoundError(f"neither of {sorted(self.SUBSETS.values())} found in {root}")
         return samples
+
+    @classmethod
+    def _window(cls, item: dict[str, Any]) -> tuple[float | None, float | None] | None:
+        start, end = item.get("query_video/start_time"), item.get("query_video/end_time")
+        if start is None and end is None:
+            return None
+        return tuple(None if t is None else float(t) / cls.MICROSECONDS for t in (start, end))
 
     def prompt(self, sample):
         if sample.options and not sample.meta.get("inline_options"):
@@ -280,14 +371,16 @@ class VideoComp(_MultipleChoice):
 # ---------------------------------------------------------------------------------------------- EventHallusion
 EH_SPLITS = ("entire", "interleave", "misleading")
 EH_DESC_PROMPT = "Please describe this video in detail."
-EH_BINARY_SUFFIX = " Please answer yes or no."
+EH_BINARY_SUFFIX = "\nPlease answer yes or no:"  # the official inference scripts' suffix
 
 
 class EventHallusion(Benchmark):
     """`questions/{entire,interleave|mix,misleading}_questions.json` and `videos/<split>/<id>.mp4` (or `videos/<id>.mp4`).
+    The newer `mix_questions.json` replaces `interleave_questions.json`; its ids `mix_NNN` name the videos
+    `videos/interleave/interleave_NNN.mp4`.
 
-    Binary: correct iff the lower-cased answer starts with yes/no and equals the ground truth (the official rule);
-    answers that start with neither are wrong and counted in `unparsed_rate`. Reported per split and overall, with
+    Binary: correct iff the lower-cased answer starts with "yes"/"no" and equals the ground truth (the official
+    eval.py rule, `eventhallusion_yes_no`); answers that start with neither are wrong and counted in `unparsed_rate`. Reported per split and overall, with
     the yes-rate. Description (one per video): judged by an LLM; without a judge it is reported as skipped."""
 
     name = "eventhallusion"
@@ -306,11 +399,13 @@ class EventHallusion(Benchmark):
                 continue
             for entry in _read_json(path):
                 vid = str(entry["id"])
-                video = _find_video([root / "videos" / split, root / "videos", root], vid)
+                folders = [root / "videos" / split, root / "videos", root]
+                stems = [vid, vid.replace("mix", "interleave", 1)] if vid.startswith("mix") else [vid]
+                video = _find_existing(folders, stems) or _find_video(folders, stems[-1])
                 info = entry.get("event_info", {})
                 meta = {"split": split, "video_id": vid}
                 for j, q in enumerate(entry.get("questions", [])):
-                    gt = yes_no(str(q["answer"]))
+                    gt = eventhallusion_yes_no(str(q["answer"]))
                     samples.append(
                         Sample(
                             f"{split}/{vid}/q{j}",
@@ -339,7 +434,7 @@ class EventHallusion(Benchmark):
         return sample.question + (EH_BINARY_SUFFIX if sample.kind == "binary" else "")
 
     def score(self, sample, answer):
-        pred = yes_no(answer)
+        pred = eventhallusion_yes_no(answer)
         return {"pred": pred, "gt": sample.answer, "correct": pred == sample.answer}
 
     def judge_prompt(self, sample: Sample, answer: str) -> str:
@@ -360,7 +455,7 @@ class EventHallusion(Benchmark):
         )
 
     def judge_score(self, sample: Sample, verdict: str) -> dict[str, Any]:
-        pred = yes_no(verdict)
+        pred = judge_verdict(verdict)
         return {"pred": pred, "correct": pred == "yes", "verdict": verdict}
 
     def aggregate(self, records):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..runner import VideoClip
 from .benchmarks import Benchmark, Sample, get_benchmark
 from .metrics import relative_drop
 
@@ -40,15 +41,49 @@ def device_info(llm: Any) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a (possibly interrupted) run; a torn last line is ignored."""
+    """Per-sample records of a (possibly interrupted) run; a torn last line and the run header are ignored."""
     records = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict) and "id" in record:
+                records.append(record)
     return records
+
+
+#: run_info fields that change answers: a JSONL written with other values must not be resumed into this run
+RUN_IDENTITY = ("model", "config_name", "config", "frames", "max_new_tokens")
+
+
+def run_identity(
+    benchmark: str, run_info: dict[str, Any] | None, max_new_tokens: int | None
+) -> dict[str, Any]:
+    info = {**(run_info or {}), "max_new_tokens": max_new_tokens}
+    return {"benchmark": benchmark, **{k: info.get(k) for k in RUN_IDENTITY}}
+
+
+def check_resumable(path: Path, identity: dict[str, Any]) -> bool:
+    """True when `path` holds records of this same run (or nothing yet); raises when another run wrote it."""
+    if not path.is_file() or not path.stat().st_size:
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        header = json.loads(first).get("run")
+    except (json.JSONDecodeError, AttributeError):
+        header = None
+    if header is None:
+        return True  # records written before run headers existed: trust the user's --out
+    for key, value in identity.items():
+        if json.loads(json.dumps(value, default=str)) != header.get(key):
+            raise ValueError(
+                f"{path} holds records of another run ({key}={header.get(key)!r}, this run has {value!r}); "
+                "pass a different --out, or delete the file to start over"
+            )
+    return True
 
 
 def _record(sample: Sample) -> dict[str, Any]:
@@ -59,6 +94,7 @@ def _record(sample: Sample) -> dict[str, Any]:
         "video": str(sample.video),
         "gt": sample.answer,
         "meta": meta,
+        **({"window": list(sample.window)} if sample.window else {}),
     }
 
 
@@ -77,8 +113,9 @@ def evaluate_sample(
         if sample.kind == "judge"
         else bench.max_new_tokens
     )
+    video = VideoClip(sample.video, *sample.window) if sample.window else sample.video
     try:
-        answer = llm.answer(sample.video, bench.prompt(sample), max_new_tokens=limit)
+        answer = llm.answer(video, bench.prompt(sample), max_new_tokens=limit)
     except Exception as exc:  # noqa: BLE001 - one broken sample must not stop the run; it is recorded
         record["error"] = f"{type(exc).__name__}: {exc}"
         return record
@@ -121,11 +158,15 @@ def evaluate(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records_path = out.with_suffix(".jsonl")
+    identity = run_identity(bench.name, run_info, max_new_tokens)
+    resuming = check_resumable(records_path, identity)
     done = {r["id"]: r for r in read_jsonl(records_path)}
     # a skipped judge sample is retried when a judge is now configured
     todo = [s for s in samples if s.id not in done or (judge is not None and done[s.id].get("skipped"))]
     started = time.perf_counter()
     with open(records_path, "a", encoding="utf-8") as f:
+        if not resuming:  # the header that lets a later run check it resumes the same run
+            f.write(json.dumps({"run": identity}, default=str) + "\n")
         bar = tqdm(todo, desc=bench.name, unit="sample", disable=not progress, dynamic_ncols=True)
         for sample in bar:
             record = evaluate_sample(bench, llm, sample, judge, max_new_tokens)

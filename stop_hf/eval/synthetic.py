@@ -15,13 +15,14 @@ def _video(path: Path, seed: int, num_frames: int) -> None:
 
 
 def make_eventhallusion(root: str | Path, num_frames: int = 4, missing: tuple[str, ...] = ()) -> Path:
-    """entire: v1 (No.); interleave: v2 (Yes.); misleading: v3 (two questions, No.). Videos in `missing` are not
-    written (to exercise error recording)."""
+    """entire: e1 (No.); interleave: mix_001 in `mix_questions.json` (Yes.; its video is
+    `videos/interleave/interleave_001.mp4`, as in the current upstream release); misleading: m1 (two questions, No.).
+    Videos in `missing` are not written (to exercise error recording)."""
     root = Path(root)
     (root / "questions").mkdir(parents=True, exist_ok=True)
     layout = {
         "entire": [("e1", ["Does the red square turn into a cat?"], "No.")],
-        "interleave": [("i1", ["Does the red square move across the frame?"], "Yes.")],
+        "interleave": [("mix_001", ["Does the red square move across the frame?"], "Yes.")],
         "misleading": [("m1", ["Does a dog appear?", "Is there an explosion?"], "No.")],
     }
     for seed, (split, entries) in enumerate(layout.items()):
@@ -43,30 +44,35 @@ def make_eventhallusion(root: str | Path, num_frames: int = 4, missing: tuple[st
                 }
             )
             if vid not in missing:
-                _video(root / "videos" / split / f"{vid}.mp4", seed, num_frames)
-        (root / "questions" / f"{split}_questions.json").write_text(json.dumps(data, indent=1))
+                name = vid.replace("mix", "interleave", 1)
+                _video(root / "videos" / split / f"{name}.mp4", seed, num_frames)
+        filename = "mix_questions.json" if split == "interleave" else f"{split}_questions.json"
+        (root / "questions" / filename).write_text(json.dumps(data, indent=1))
     return root
 
 
-def make_videocomp(root: str | Path, num_frames: int = 4) -> Path:
+def make_videocomp(root: str | Path, num_frames: int = 8) -> Path:
+    """ActivityNet: two questions on the full source video `activitynet_video/v_act1.mp4` (8 frames at 4 fps = 2 s),
+    each about its query window (times in microseconds, as in the official files); YouCook2: one question on a
+    trimmed clip `videos/yc1_0.mp4`, used whole."""
     root = Path(root)
     act = [
         {
-            "video_id": "v_act1",
-            "key": "v_act1_0",
+            "video_id": "act1",
+            "key": "act1_0",
             "question": "Which caption matches the video?\n(A) a square moves left\n(B) a square moves right",
             "answer": "A",
-            "query_video/start_time": 0.0,
-            "query_video/end_time": 1.0,
+            "query_video/start_time": 0,
+            "query_video/end_time": 1_000_000,
         },
         {
-            "video_id": "v_act2",
-            "key": "v_act2_0",
+            "video_id": "act1",
+            "key": "act1_1",
             "question": "Which caption matches the video?",
             "options": ["a person cooks", "a person swims"],
             "answer": "a person swims",
-            "query_video/start_time": 0.0,
-            "query_video/end_time": 1.0,
+            "query_video/start_time": 1_000_000,
+            "query_video/end_time": 2_000_000,
         },
     ]
     yc = [
@@ -75,23 +81,23 @@ def make_videocomp(root: str | Path, num_frames: int = 4) -> Path:
             "key": "yc1_0",
             "question": "Which caption matches the video?\n(A) cut onions then fry\n(B) fry then cut onions",
             "answer": "B",
-            "query_video/start_time": 0.0,
-            "query_video/end_time": 1.0,
+            "query_video/start_time": 0,
+            "query_video/end_time": 1_000_000,
         }
     ]
     (root).mkdir(parents=True, exist_ok=True)
     (root / "activitynet_comp_val.json").write_text(json.dumps(act))
     (root / "youcook2_comp_val.json").write_text(json.dumps(yc))
-    for seed, key in enumerate(["v_act1_0", "v_act2_0", "yc1_0"]):
-        _video(root / "videos" / f"{key}.mp4", seed, num_frames)
+    _video(root / "activitynet_video" / "v_act1.mp4", 0, num_frames)
+    _video(root / "videos" / "yc1_0.mp4", 1, num_frames)
     return root
 
 
 def make_mvbench(root: str | Path, num_frames: int = 4) -> Path:
     root = Path(root)
     (root / "json").mkdir(parents=True, exist_ok=True)
-    tasks = {
-        "action_count": (
+    tasks = {  # action_sequence is a STAR task: its questions are about the [start, end] seconds given
+        "action_sequence": (
             "star/Charades_v1_480",
             [("a1.mp4", ["3", "4", "5"], "4"), ("a2.mp4", ["1", "2"], "1")],
         ),
@@ -101,9 +107,15 @@ def make_mvbench(root: str | Path, num_frames: int = 4) -> Path:
     for task, (folder, items) in tasks.items():
         data = []
         for video, candidates, answer in items:
-            data.append(
-                {"video": video, "question": f"{task} question?", "candidates": candidates, "answer": answer}
-            )
+            item = {
+                "video": video,
+                "question": f"{task} question?",
+                "candidates": candidates,
+                "answer": answer,
+            }
+            if task == "action_sequence":
+                item |= {"start": 0.0, "end": 0.5}
+            data.append(item)
             _video(root / "video" / folder / video, seed, num_frames)
             seed += 1
         (root / "json" / f"{task}.json").write_text(json.dumps(data))

@@ -14,7 +14,13 @@ from .models import (
     token_id,
 )
 from .reference import capture_lm_inputs, kept_logits, masked_reference_logits, spliced_reference_logits
-from .video import read_video, synthetic_frames, write_video
+from .video import (
+    qwen_vl_utils_pyav_backend,
+    read_video,
+    read_video_for_qwen_vl_utils,
+    synthetic_frames,
+    write_video,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -25,7 +31,9 @@ __all__ = [
     "capture_lm_inputs",
     "kept_logits",
     "masked_reference_logits",
+    "qwen_vl_utils_pyav_backend",
     "read_video",
+    "read_video_for_qwen_vl_utils",
     "save_tiny_checkpoint",
     "spliced_reference_logits",
     "synthetic_frames",
