@@ -1,4 +1,6 @@
-"""Every conformance fixture reproduces through `stop_hf.testing.conformance.run_case`, and SToP removes sinks."""
+"""Every conformance fixture reproduces through `stop_hf.testing.conformance.run_case`, and SToP removes sinks.
+
+Fixtures: tests/fixtures/<set> (shipped with the repository: conformance_more) or ../shared/fixtures/<set>."""
 
 from __future__ import annotations
 
@@ -9,9 +11,25 @@ import torch
 
 from stop_hf.testing.conformance import RECORDED_DECISIONS, config_for_case, load_case, run_case
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "conformance"
-FILES = sorted(FIXTURES.glob("*.safetensors")) if FIXTURES.is_dir() else []
-MISSING = pytest.mark.skipif(not FILES, reason=f"conformance fixtures not found at {FIXTURES}")
+LOCAL = Path(__file__).resolve().parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def fixture_dir(name: str) -> Path:
+    """The repository's copy (tests/fixtures/<name>) when present, else the shared checkout's."""
+    for root in (LOCAL, SHARED):
+        if (root / name).is_dir():
+            return root / name
+    return LOCAL / name
+
+
+FIXTURE_DIRS = [fixture_dir("conformance"), fixture_dir("conformance_more")]
+FILES = sorted(p for d in FIXTURE_DIRS if d.is_dir() for p in d.glob("*.safetensors"))
+MISSING = pytest.mark.skipif(not FILES, reason=f"conformance fixtures not found in {FIXTURE_DIRS}")
+#: non-default-parameter cases from the reference code, shipped with the tests (see the folder's README)
+EXTRA_FILES = sorted(
+    (Path(__file__).resolve().parent / "fixtures" / "conformance_extra").glob("*.safetensors")
+)
 
 
 def _ids(path):
@@ -21,6 +39,15 @@ def _ids(path):
 @MISSING
 @pytest.mark.parametrize("path", FILES or [None], ids=_ids)
 def test_fixture_reproduces(path):
+    _assert_reproduces(path)
+
+
+@pytest.mark.parametrize("path", EXTRA_FILES, ids=_ids)
+def test_extra_fixture_reproduces(path):
+    _assert_reproduces(path)
+
+
+def _assert_reproduces(path):
     tensors, config = load_case(path)
     result = run_case(path)
     expected_index = tensors["expected_index"]
@@ -51,6 +78,22 @@ def test_fixture_decisions_match_diagnostics(path):
         assert [e - s + 1 for s, e in info["segments"]] == config["segment_sizes"]
     if "target_indices_filtered" in config:
         assert info["target_indices_filtered"].tolist() == config["target_indices_filtered"]
+    if config["method"] == "flashvid":
+        assert info["segment_sizes"] == config["segment_sizes"]
+        budgets = (info["token_budget"], info["num_adts_tokens"], info["num_tstm_tokens"])
+        assert budgets == (config["token_budget"], config["num_adts_tokens"], config["num_tstm_tokens"])
+        segments = [seg for seg in config["segments"] if seg["length"] > 0]
+        per_frame = [n for seg in segments for n in seg["tstm_tokens_per_frame"]]
+        assert info["tstm_tokens_per_frame"] == per_frame
+        ratios = [seg["adaptive_contextual_ratio"] for seg in segments]
+        assert info["adaptive_contextual_ratio"] == pytest.approx(ratios, rel=1e-12)
+    if config["method"] == "prunevid":
+        assert info["frame_cluster_labels"] == config["frame_cluster_labels"]
+        assert info["frame_cluster_labels_refined"] == config["frame_cluster_labels_refined"]
+        assert [w["size"] for w in info["windows_detail"]] == config["window_sizes"]
+        for mine, ref in zip(info["windows_detail"], config["windows_detail"]):
+            assert mine["static"] == ref["static_positions"]
+            assert mine["retain_ratio"] == ref["retain_ratio"]  # the float32 value, exactly
 
 
 @MISSING
@@ -65,15 +108,19 @@ def _sink_count(index: torch.Tensor, n: int, planted: list[int]) -> int:
     return int(torch.isin(index % n, torch.tensor(planted)).sum())
 
 
-PAIRS = sorted({p.name.replace("_baseline_", "_{}_").replace("_stop_", "_{}_") for p in FILES})
+PAIRS = sorted(
+    {
+        str(p.parent / p.name.replace("_baseline_", "_{}_"))
+        for p in FILES
+        if (p.parent / p.name.replace("_baseline_", "_stop_")).exists() and "_baseline_" in p.name
+    }
+)
 
 
 @MISSING
-@pytest.mark.parametrize("pattern", PAIRS or [None])
+@pytest.mark.parametrize("pattern", PAIRS or [None], ids=lambda p: Path(p).stem if p else "no-pairs")
 def test_stop_keeps_fewer_sink_tokens(pattern):
-    base_path, stop_path = FIXTURES / pattern.format("baseline"), FIXTURES / pattern.format("stop")
-    if not (base_path.exists() and stop_path.exists()):
-        pytest.skip(f"{pattern} lacks a baseline/stop pair")
+    base_path, stop_path = Path(pattern.format("baseline")), Path(pattern.format("stop"))
     base_tensors, base_cfg = load_case(base_path)
     stop_tensors, stop_cfg = load_case(stop_path)
     assert torch.equal(base_tensors["features"], stop_tensors["features"])  # same inputs

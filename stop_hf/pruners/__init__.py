@@ -22,7 +22,7 @@ register(NonePruner)
 register(UniformPruner)
 register(RandomPruner)
 
-from . import fastvid, holitom, visionzip  # noqa: E402,F401
+from . import fastvid, flashvid, holitom, prunevid, visionzip  # noqa: E402,F401
 
 __all__ = [
     "KIND_COPY",

@@ -127,3 +127,27 @@ def selection_mask(n: int, index: torch.Tensor) -> torch.Tensor:
     """Boolean (B, n) mask that is True at `index` (B, k)."""
     mask = torch.zeros((index.shape[0], n), dtype=torch.bool, device=index.device)
     return mask.scatter_(1, index, True)
+
+
+def dpc_knn_clusters(
+    tokens: torch.Tensor, num_centres: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPC-kNN clustering with plain-mean cluster tokens (FlashVID, PruneVid), batched over rows.
+
+    tokens (B, M, D), 1 <= num_centres <= M. The centres are the `num_centres` highest `delta * rho` scores (see
+    `density_peak_scores`) in decreasing score order; every token joins the centre at the smallest distance (first on
+    ties) and every centre joins itself. Returns centres (B, C) local indices in score order, assign (B, M) the centre
+    column of every token, and means (B, C, D) float32, the plain mean of each cluster (centre included).
+    """
+    b, m, _ = tokens.shape
+    score, dist = density_peak_scores(tokens, k, return_dist=True)
+    centres = topk_lowest_index_desc(score, num_centres)
+    assign = take_rows(dist, centres).argmin(dim=1)  # (B, M): rows of the centres, as the references index them
+    assign.scatter_(1, centres, torch.arange(num_centres, device=tokens.device).expand(b, num_centres))
+    sums, counts = group_sum(tokens, assign, num_centres)
+    return centres, assign, sums / counts[..., None]
+
+
+def topk_lowest_index_desc(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest values along the last dim, in decreasing value order, ties to the lower index."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]

@@ -49,6 +49,46 @@ PARAMETER_KEYS: dict[str, dict[str, str]] = {
         "static_cluster_sink_penalty": "static_cluster_sink_penalty",
         "no_beta": "no_beta",
     },
+    "flashvid": {
+        "segment_threshold": "segment_threshold",
+        "min_segment_num": "min_segment_num",
+        "complementary_segment": "complementary_segment",
+        "alpha": "alpha",
+        "temporal_threshold": "temporal_threshold",
+        "expansion": "expansion",
+        "attention_scale": "attention_scale",
+    },
+    "prunevid": {
+        "frame_cluster_ratio": "frame_cluster_ratio",
+        "frame_dpc_k": "frame_dpc_k",
+        "static_threshold": "static_threshold",
+        "cluster_min_tokens": "cluster_min_tokens",
+        "token_dpc_k": "token_dpc_k",
+    },
+}
+
+#: boolean and integer parameters (everything else is a float).
+BOOL_PARAMS = {"budget_correction", "no_beta", "complementary_segment"}
+INT_PARAMS = {
+    "spatial_tokens",
+    "c",
+    "p",
+    "k",
+    "sink_target_skip_topk",
+    "max_window_size",
+    "min_segment_num",
+    "frame_dpc_k",
+    "cluster_min_tokens",
+    "token_dpc_k",
+}
+
+#: fixture keys that describe a fixed rule of the reference; the value must be the one the pruner implements.
+FIXED_RULES: dict[str, dict[str, Any]] = {
+    "flashvid": {
+        "do_segment": True,
+        "token_selection_method": "attn_div_v2",
+        "dpc_k": "min(num_clusters, 7)",
+    },
 }
 
 #: parameters that only exist in the SToP variant; a baseline case never sets them.
@@ -68,6 +108,19 @@ RECORDED_DECISIONS = (
     "context_num",
     "dominant_num",
     "contextual_num",
+    "token_budget",
+    "num_adts_tokens",
+    "num_tstm_tokens",
+    "segment_sizes",
+    "dyseg_threshold_cuts",
+    "dyseg_all_cuts",
+    "segments",
+    "duplicate_index_rows",
+    "frame_cluster_num",
+    "frame_cluster_labels",
+    "frame_cluster_labels_refined",
+    "window_sizes",
+    "windows_detail",
 )
 
 
@@ -104,15 +157,24 @@ def config_for_case(config: dict[str, Any]) -> StopConfig:
     if config.get("inner_llm_merge"):
         raise ValueError("fixtures with HoliTom's inner-LLM merge are not supported by the pure pruner")
 
+    for key, want in FIXED_RULES.get(method, {}).items():
+        if key in config and config[key] != want:
+            raise ValueError(
+                f"fixture {key}={config[key]!r} is not supported; the {method} pruner implements {want!r}"
+            )
+    if method == "prunevid" and "n_frame" in config and int(config["n_frame"]) != int(config["T"]):
+        # the reference takes the frame-cluster count from --n_frame and requires it to equal T; the pruner uses T
+        raise ValueError(f"fixture n_frame={config['n_frame']} differs from T={config['T']}")
+
     allowed = set(PRUNERS[method].param_names())
     params: dict[str, Any] = {}
     for key, name in PARAMETER_KEYS[method].items():
         if key not in config or name not in allowed or (name in SINK_ONLY and not sink):
             continue
         value = config[key]
-        if name in ("budget_correction", "no_beta"):
+        if name in BOOL_PARAMS:
             value = _flag(value)
-        elif name in ("spatial_tokens", "c", "p", "k", "sink_target_skip_topk", "max_window_size"):
+        elif name in INT_PARAMS:
             value = None if value is None else int(value)
         else:
             value = float(value)

@@ -1,0 +1,288 @@
+"""FlashVID, vision-side part (LLaVA-OneVision): DySeg + attention-and-diversity selection (ADTS) + tree merge (TSTM)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from . import register
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult
+from .density import EPS, dpc_knn_clusters, split_by_mask
+
+
+@dataclass
+class FlashVIDPruner(Pruner):
+    """FlashVID over the whole video, the part that runs before the LLM.
+
+    1. Budgets per frame (Python float64): B = ceil(N * r * expansion) (1.25x the nominal budget on purpose: the
+       original brings it back down inside the LLM, the SToP code does not), A = ceil(B * alpha) ADTS tokens,
+       Q = B - A TSTM tokens.
+    2. DySeg: cut after frame t for every cosine of consecutive L2-normalised frame-mean features below
+       `segment_threshold`; with fewer than `min_segment_num` segments, the smallest remaining cosines (the threshold
+       cuts count as 1.0) add cuts, min(min_segment_num - segments, T - 1) of them. Cuts are sorted with duplicates
+       kept, so a zero-length segment (no tokens) can appear.
+    3. ADTS per frame: dist[i, j] = (1 - cos(x_i, x_j)) * w1[j] * w2[j] with w1 = attention * attention_scale and
+       w2[j] = <x_j, mean over the segment of the frame means>. First pick: argmax over j of the second-smallest
+       entry of column j; then A - 1 greedy picks of argmax_j min_{p picked} dist[p, j]. Picks are copied (kind 0).
+    4. TSTM. Single-frame segment: the roots are all N tokens (ADTS picks included). Segment of L >= 2 frames: token
+       i of frame t >= 1 merges into parent argmax_j cos(x[t, i], x[t-1, j]) (ADTS rows and columns excluded) when
+       that cosine > `temporal_threshold` (a soft threshold, the (L*N - B*L)-th largest cosine, takes over when fewer
+       than B*L tokens stay unmerged); a root's value is (own + all descendants) / (1 + direct children), the
+       reference's divisor. Roots are the unmerged non-ADTS tokens.
+    5. rho = Q * L / roots of the segment; each frame's R roots give ceil(R * rho) density-peak clusters
+       (k = min(C, dpc_k), plain means, index of the centre) when rho < 1, else all roots; all kind 1.
+    6. Output: ADTS copies and TSTM tokens sorted by flat index t * N + n; an index can occur twice (an ADTS pick that
+       is also a single-frame cluster centre), the copy first.
+
+    SToP (sink set): w1 = (attention - mu_s' * s) * attention_scale with the sink score s computed per segment from
+    that segment's frames, as the SToP code does; mu_s' = mu_s * 729 / attention_patches (see `Sink`). Nothing else
+    changes.
+
+    Deviations from the reference, decided here:
+    - `distinct_picks` (default True): an ADTS pick is never picked again. The reference does not exclude picked
+      tokens; once fewer than A tokens of a frame have a positive weight product w1 * w2 (SToP's absolute offset
+      with weak sinks, or tokens opposed to the segment mean) it repeats picks, which token being decided by float
+      rounding. False reproduces the reference.
+    - The reference edits the pooled features in place; inputs are never modified here.
+    - Robustness (never hit by the reference): B is clamped to [1, N]; N = 1 takes its only token; the soft threshold
+      is skipped when B * L >= L * N; zero-norm features normalise with an epsilon (no NaN).
+
+    FlashVID's in-LLM stage (FastV-style pruning at LLM layer `pruning_layer` from the last prompt token's attention)
+    is not implemented: the SToP code never calls it. Setting `pruning_layer` or `llm_retention_ratio` raises.
+    """
+
+    name: ClassVar[str] = "flashvid"
+    needs: ClassVar[tuple[str, ...]] = ("attention",)
+
+    segment_threshold: float = 0.9
+    min_segment_num: int = 8
+    complementary_segment: bool = True
+    alpha: float = 0.7
+    temporal_threshold: float = 0.8
+    expansion: float = 1.25
+    dpc_k: int = 7
+    attention_scale: float = 1e6
+    distinct_picks: bool = True
+    pruning_layer: int | None = None
+    llm_retention_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        for field_name in ("pruning_layer", "llm_retention_ratio"):
+            value = getattr(self, field_name)
+            if value is not None:
+                raise ValueError(
+                    f"flashvid {field_name}={value!r} asks for FlashVID's in-LLM stage (FastV-style pruning inside "
+                    "the LLM), which stop_hf does not implement: the SToP reference code never runs it, so its "
+                    "FlashVID rows keep the 1.25x vision-side budget through every layer. Leave it unset (null)"
+                )
+        for field_name in ("min_segment_num", "dpc_k"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"flashvid {field_name}={value!r} must be a positive integer")
+        for field_name in ("complementary_segment", "distinct_picks"):
+            if not isinstance(getattr(self, field_name), bool):
+                raise ValueError(f"flashvid {field_name}={getattr(self, field_name)!r} must be true or false")
+        if not 0 <= float(self.alpha) <= 1:
+            raise ValueError(f"flashvid alpha={self.alpha!r} must be in [0, 1]")
+        if not float(self.expansion) > 0:
+            raise ValueError(f"flashvid expansion={self.expansion!r} must be positive")
+        if not float(self.attention_scale) > 0:
+            raise ValueError(f"flashvid attention_scale={self.attention_scale!r} must be positive")
+
+    # ------------------------------------------------------------------ budgets and segments
+    def budgets(self, n: int) -> tuple[int, int, int]:
+        """(B, A, Q) per frame: total, ADTS and TSTM tokens."""
+        total = max(1, min(n, math.ceil(n * self.retention * self.expansion)))
+        adts = min(total, math.ceil(total * self.alpha))
+        return total, adts, total - adts
+
+    def segment_lengths(self, frame_means: torch.Tensor) -> list[int]:
+        """DySeg on (T, D) frame-mean features: segment lengths in time order, zero-length segments included."""
+        t = frame_means.shape[0]
+        if t == 1:
+            return [1]
+        g = F.normalize(frame_means.float(), dim=-1, eps=EPS)
+        sim = (g[:-1] * g[1:]).sum(dim=-1)
+        below = sim < self.segment_threshold
+        cuts = torch.nonzero(below).squeeze(-1)
+        if self.complementary_segment and cuts.numel() + 1 < self.min_segment_num:
+            extra = min(self.min_segment_num - (cuts.numel() + 1), t - 1)
+            smallest = torch.sort(sim.masked_fill(below, 1.0), stable=True).indices[:extra]
+            cuts = torch.cat([cuts, smallest])
+        bounds = [-1] + torch.sort(cuts).values.tolist() + [t - 1]
+        return [b - a for a, b in zip(bounds, bounds[1:])]
+
+    # ------------------------------------------------------------------ ADTS
+    def _adts(self, work: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, picks: int) -> torch.Tensor:
+        """Greedy attention-and-diversity picks per frame. work (T, N, D), w1 and w2 (T, N) -> (T, A) ascending."""
+        t, n, _ = work.shape
+        unit = F.normalize(work, dim=-1, eps=EPS)
+        cos = torch.matmul(unit, unit.transpose(1, 2))
+        dist = (1.0 - cos) * w1[:, None, :] * w2[:, None, :]  # column j scaled by its own weights
+        frames = torch.arange(t, device=work.device)
+        # the smallest entry of a column is the token itself, so the first pick uses the second-smallest
+        first_score = torch.topk(dist, 2, dim=1, largest=False).values[:, 1] if n >= 2 else dist[:, 0]
+        chosen = [first_score.argmax(dim=-1)]
+        running = dist[frames, chosen[0]]
+        picked = torch.zeros((t, n), dtype=torch.bool, device=work.device)
+        for _ in range(picks - 1):
+            picked[frames, chosen[-1]] = True
+            score = running.masked_fill(picked, -math.inf) if self.distinct_picks else running
+            chosen.append(score.argmax(dim=-1))
+            running = torch.minimum(running, dist[frames, chosen[-1]])
+        return torch.sort(torch.stack(chosen, dim=1), dim=-1).values
+
+    # ------------------------------------------------------------------ prune
+    def prune(self, x: PruneInput) -> PruneResult:
+        x.require(*self.needs, method=self.name)
+        feats = x.features
+        t, n, d = feats.shape
+        device = feats.device
+        work = feats.float()
+        total, adts_num, tstm_num = self.budgets(n)
+
+        lengths = self.segment_lengths(work.mean(dim=1))
+        starts = torch.tensor([0] + lengths).cumsum(0).tolist()
+        segments = [(start, size) for start, size in zip(starts, lengths) if size > 0]
+        seg_of_frame = torch.repeat_interleave(
+            torch.arange(len(segments), device=device),
+            torch.tensor([size for _, size in segments], device=device),
+        )
+        seg_len = torch.tensor([size for _, size in segments], device=device, dtype=torch.float32)
+        info: dict = {
+            "token_budget": total,
+            "num_adts_tokens": adts_num,
+            "num_tstm_tokens": tstm_num,
+            "segment_sizes": lengths,
+            "segments": [(start, start + size - 1) for start, size in segments],
+        }
+
+        # ADTS weights: w1 from attention (per-segment sink score with SToP), w2 from the segment's mean frame.
+        attention = x.attention.float()
+        if self.sink is not None:
+            per_frame_sink = torch.cat(
+                [self.sink.score(attention[start : start + size]).expand(size, n) for start, size in segments]
+            )
+            w1 = self.sink.stsp(attention, per_frame_sink, x.attention_patches) * self.attention_scale
+            info["sink_score_per_frame"] = per_frame_sink
+            info["sink_score"] = self.sink.score(attention)  # whole-video score, for display only
+        else:
+            w1 = attention * self.attention_scale
+        frame_means = work.mean(dim=1)
+        seg_means = torch.zeros(len(segments), d, device=device).index_add_(0, seg_of_frame, frame_means)
+        seg_means = seg_means / seg_len[:, None]
+        w2 = torch.einsum("tnd,td->tn", work, seg_means[seg_of_frame])
+        adts_pos = self._adts(work, w1, w2, adts_num)  # (T, A)
+        adts = torch.zeros((t, n), dtype=torch.bool, device=device)
+        adts.scatter_(1, adts_pos, True)
+
+        # TSTM tree merge: parents in the previous frame, ADTS tokens excluded as children and as parents.
+        best = torch.full((t, n), -1.0, device=device)
+        parent = torch.arange(t * n, device=device).view(t, n)
+        if t > 1:
+            unit = F.normalize(work, dim=-1, eps=EPS)
+            cos = torch.matmul(unit[1:], unit[:-1].transpose(1, 2))  # [t-1, i, j] = cos(x[t, i], x[t-1, j])
+            cos = cos.masked_fill(adts[1:, :, None] | adts[:-1, None, :], -1.0)
+            best_prev, parent_prev = cos.max(dim=-1)
+            starts = torch.tensor([s for s, _ in segments], device=device)
+            first_frame = torch.zeros(t, dtype=torch.bool, device=device).index_fill_(0, starts, True)
+            best[1:] = torch.where(first_frame[1:, None], -1.0, best_prev)
+            parent[1:] = parent_prev + torch.arange(t - 1, device=device)[:, None] * n
+        merged = best > self.temporal_threshold
+        soft = []
+        for s, length in segments:
+            if length > 1 and int((~merged[s : s + length]).sum()) < total * length:
+                k = length * n - total * length
+                if k <= 0:
+                    continue
+                theta = torch.topk(best[s : s + length].reshape(-1), k).values[-1].clamp_min(-1.0 + 1e-6)
+                merged[s : s + length] = best[s : s + length] > theta
+                soft.append(s)
+        info["tstm_soft_threshold_segments"] = soft
+        flat_parent = torch.where(merged, parent, torch.arange(t * n, device=device).view(t, n)).reshape(-1)
+        root = flat_parent
+        for _ in range(max(1, math.ceil(math.log2(max(t, 2)))) + 1):
+            root = root[root]  # pointer doubling: every token reaches the unmerged root of its chain
+        flat = work.reshape(t * n, d)
+        subtree = torch.zeros_like(flat).index_add_(0, root, flat)
+        children = torch.zeros(t * n, device=device).index_add_(
+            0, flat_parent[merged.reshape(-1)], torch.ones(int(merged.sum()), device=device)
+        )
+        values = subtree / (1.0 + children)[:, None]  # the reference's divisor: direct children only
+
+        single = (seg_len[seg_of_frame] == 1)[:, None]
+        is_root = ~merged & (~adts | single)  # single-frame segments cluster all N tokens
+        roots_per_frame = is_root.sum(dim=1)
+        roots_per_seg = torch.zeros(len(segments), dtype=torch.long, device=device).index_add_(
+            0, seg_of_frame, roots_per_frame
+        )
+        clusters_per_frame, rho_per_seg = [], []
+        for (s, length), roots in zip(segments, roots_per_seg.tolist()):
+            rho = tstm_num * length / roots if roots else math.inf
+            rho_per_seg.append(rho)
+            clusters_per_frame += [
+                math.ceil(r * rho) if rho < 1 else -1 for r in roots_per_frame[s : s + length].tolist()
+            ]
+        info["adaptive_contextual_ratio"] = rho_per_seg
+
+        # Output pieces: ADTS copies first, so a stable sort puts a copy before a cluster of the same index.
+        frame_base = torch.arange(t, device=device)[:, None] * n
+        adts_flat = (frame_base + adts_pos).reshape(-1)
+        out_flat, out_embeds = [adts_flat], [feats.reshape(t * n, d)[adts_flat]]  # bit-exact copies
+        out_kind = [torch.full_like(adts_flat, KIND_COPY)]
+        root_row = torch.full((t * n,), -1, dtype=torch.long, device=device)
+        rows = adts_flat.numel()
+        order = split_by_mask(~is_root)  # roots first, in increasing position
+        groups: dict[tuple[int, int], list[int]] = {}
+        for frame, (roots, clusters) in enumerate(zip(roots_per_frame.tolist(), clusters_per_frame)):
+            if roots > 0 and clusters != 0:
+                groups.setdefault((roots, clusters), []).append(frame)
+        tstm_per_frame = [0] * t
+        for (roots, clusters), frames in groups.items():
+            frames_t = torch.tensor(frames, device=device)
+            root_pos = order[frames_t, :roots]  # (G, R)
+            root_flat = frames_t[:, None] * n + root_pos
+            if clusters > 0:
+                centres, assign, means = dpc_knn_clusters(
+                    values[root_flat], clusters, min(clusters, self.dpc_k)
+                )
+                token_flat = torch.gather(root_flat, 1, centres)
+                token_embeds = means
+                token_rows = rows + torch.arange(len(frames) * clusters, device=device).view(
+                    len(frames), clusters
+                )
+                root_row[root_flat] = torch.gather(token_rows, 1, assign)
+            else:  # rho >= 1: every root is kept as it is
+                token_flat, token_embeds = root_flat, values[root_flat]
+                token_rows = rows + torch.arange(root_flat.numel(), device=device).view(root_flat.shape)
+                root_row[root_flat] = token_rows
+            for frame in frames:
+                tstm_per_frame[frame] = token_flat.shape[1]
+            rows += token_flat.numel()
+            out_flat.append(token_flat.reshape(-1))
+            out_embeds.append(token_embeds.reshape(-1, d).to(feats.dtype))
+            out_kind.append(torch.full((token_flat.numel(),), KIND_MERGED, dtype=torch.long, device=device))
+        info["tstm_tokens_per_frame"] = tstm_per_frame
+
+        index = torch.cat(out_flat)
+        order_out = torch.sort(index, stable=True).indices
+        row_of = torch.empty_like(order_out)
+        row_of[order_out] = torch.arange(order_out.numel(), device=device)
+        assignment = root_row[root]
+        assignment = torch.where(assignment >= 0, row_of[assignment.clamp_min(0)], assignment)
+        assignment[adts_flat] = row_of[: adts_flat.numel()]  # a copied token maps to its copy
+        info["assignment"] = assignment
+        return PruneResult(
+            embeds=torch.cat(out_embeds)[order_out],
+            index=index[order_out],
+            kind=torch.cat(out_kind)[order_out],
+            info=info,
+        )
+
+
+# SToP default weights (mu_s, mu_t) from the SToP reference code (STOP_MU_DEFAULTS["flashvid"]).
+register(FlashVIDPruner, (0.02, 0.0))
