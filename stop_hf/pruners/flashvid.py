@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param
 from .density import EPS, dpc_knn_clusters, split_by_mask
 
 
@@ -58,17 +58,17 @@ class FlashVIDPruner(Pruner):
     name: ClassVar[str] = "flashvid"
     needs: ClassVar[tuple[str, ...]] = ("attention",)
 
-    segment_threshold: float = 0.9
-    min_segment_num: int = 8
-    complementary_segment: bool = True
-    alpha: float = 0.7
-    temporal_threshold: float = 0.8
-    expansion: float = 1.25
-    dpc_k: int = 7
-    attention_scale: float = 1e6
-    distinct_picks: bool = True
-    pruning_layer: int | None = None
-    llm_retention_ratio: float | None = None
+    segment_threshold: float = param(0.9, float, -1, 1)
+    min_segment_num: int = param(8, int, 1)
+    complementary_segment: bool = param(True, bool)
+    alpha: float = param(0.7, float, 0, 1)
+    temporal_threshold: float = param(0.8, float, -1, 1)
+    expansion: float = param(1.25, float, 0, low_open=True)
+    dpc_k: int = param(7, int, 1)
+    attention_scale: float = param(1e6, float, 0, low_open=True)
+    distinct_picks: bool = param(True, bool)
+    pruning_layer: int | None = param(None, int, optional=True)
+    llm_retention_ratio: float | None = param(None, float, optional=True)
 
     def __post_init__(self) -> None:
         for field_name in ("pruning_layer", "llm_retention_ratio"):
@@ -79,19 +79,7 @@ class FlashVIDPruner(Pruner):
                     "the LLM), which stop_hf does not implement: the SToP reference code never runs it, so its "
                     "FlashVID rows keep the 1.25x vision-side budget through every layer. Leave it unset (null)"
                 )
-        for field_name in ("min_segment_num", "dpc_k"):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"flashvid {field_name}={value!r} must be a positive integer")
-        for field_name in ("complementary_segment", "distinct_picks"):
-            if not isinstance(getattr(self, field_name), bool):
-                raise ValueError(f"flashvid {field_name}={getattr(self, field_name)!r} must be true or false")
-        if not 0 <= float(self.alpha) <= 1:
-            raise ValueError(f"flashvid alpha={self.alpha!r} must be in [0, 1]")
-        if not float(self.expansion) > 0:
-            raise ValueError(f"flashvid expansion={self.expansion!r} must be positive")
-        if not float(self.attention_scale) > 0:
-            raise ValueError(f"flashvid attention_scale={self.attention_scale!r} must be positive")
+        super().__post_init__()
 
     # ------------------------------------------------------------------ budgets and segments
     def budgets(self, n: int) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param
 from .density import EPS, dpc_knn_clusters, split_by_mask
 
 
@@ -89,12 +89,12 @@ class PruneVidPruner(Pruner):
     name: ClassVar[str] = "prunevid"
     needs: ClassVar[tuple[str, ...]] = ()
 
-    frame_cluster_ratio: float = 0.25
-    frame_dpc_k: int = 7
-    static_threshold: float = 0.8
-    cluster_min_tokens: int = 14
-    token_dpc_k: int = 7
-    retain_ratio_offset: float = 0.005
+    frame_cluster_ratio: float = param(0.25, float, 0, 1, low_open=True)
+    frame_dpc_k: int = param(7, int, 1)
+    static_threshold: float = param(0.8, float, -1, 1)
+    cluster_min_tokens: int = param(14, int, 0)
+    token_dpc_k: int = param(7, int, 1)
+    retain_ratio_offset: float = param(0.005, float, 0, 1)
 
     def __post_init__(self) -> None:
         if self.sink is not None:
@@ -102,17 +102,7 @@ class PruneVidPruner(Pruner):
                 "prunevid has no SToP variant: the reference (rlqja1107/SToP pruning/prunevid) never reads mu_s or "
                 "mu_t and STOP_MU_DEFAULTS has no prunevid entry; use sink: false"
             )
-        for field_name in ("frame_dpc_k", "token_dpc_k"):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"prunevid {field_name}={value!r} must be a positive integer")
-        value = self.cluster_min_tokens
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"prunevid cluster_min_tokens={value!r} must be a non-negative integer")
-        if not 0 < float(self.frame_cluster_ratio) <= 1:
-            raise ValueError(f"prunevid frame_cluster_ratio={self.frame_cluster_ratio!r} must be in (0, 1]")
-        if not 0 <= float(self.retain_ratio_offset) <= 1:
-            raise ValueError(f"prunevid retain_ratio_offset={self.retain_ratio_offset!r} must be in [0, 1]")
+        super().__post_init__()
 
     def frame_labels(self, frame_means: torch.Tensor) -> list[int]:
         """Frame cluster label (centre rank) of every frame. (T, D) -> [T]."""
