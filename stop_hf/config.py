@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,35 @@ from typing import Any
 import yaml
 
 from .pruners import DEFAULT_SINK_WEIGHTS, PRUNERS, Pruner
+from .pruners.base import RETENTION_SPEC, ParamSpec
+from .siglip_head import DEFAULT_SIGLIP_CHECKPOINT
 from .sink import Sink
 
 POSITION_MODES = ("auto", "original", "compact")
+#: the signal-source fields and their allowed values.
+SIGNAL_CHOICES = {
+    "global_feature": ("auto", "map_head", "mean"),
+    "saliency_source": ("encoder", "map_head"),
+    "signal_dtype": ("float32", "model"),
+}
 
 
 class StopConfigError(ValueError):
     """A bad stop_config: names the field, the value and what is allowed."""
+
+
+def _check(name: str, value: Any, spec: ParamSpec, context: str = "") -> None:
+    if not spec.accepts(value):
+        raise StopConfigError(f"stop_config.{name}={value!r} must be {spec.describe()}{context}")
+
+
+#: what `stop_config=` values mean "no pruning" everywhere (API, YAML, CLI): the model stays unpatched.
+NO_PRUNING = (None, "none")
+
+
+def means_no_pruning(value: Any) -> bool:
+    """True for None and the string "none" (any case): load or run the model unpatched."""
+    return value is None or (isinstance(value, str) and value.strip().lower() == "none")
 
 
 @dataclass
@@ -36,6 +59,13 @@ class StopConfig:
     saliency_layer:  vision layer whose attention is recomputed; None is the architecture default.
     prune_images:    also prune image tokens (default: images pass through unpruned).
     signal_chunk_frames: frames per chunk when recomputing vision attention (bounds memory).
+    global_feature:  FastVID's per-frame global feature: auto (the architecture's reference signal: SigLIP's MAP head
+                     on LLaVA-OV, the frame mean on Qwen2.5-VL) | map_head | mean (opt-in on LLaVA-OV, warns).
+    saliency_source: encoder (the saliency layer's attention, as the SToP code) | map_head (SigLIP's MAP-head probe
+                     attention, as the original FastVID; LLaVA-OV only).
+    siglip_head:     SigLIP checkpoint the MAP head is read from: hub id or local folder/file (head tensors only).
+    signal_dtype:    float32 (default) | model: the dtype the signals are computed in (the references use the
+                     model's, fp16).
     """
 
     method: str = "none"
@@ -49,65 +79,79 @@ class StopConfig:
     saliency_layer: int | None = None
     prune_images: bool = False
     signal_chunk_frames: int = 8
+    global_feature: str = "auto"
+    saliency_source: str = "encoder"
+    siglip_head: str = DEFAULT_SIGLIP_CHECKPOINT
+    signal_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        if self.method not in PRUNERS:
+        """Checks every field (types, finiteness, ranges, method parameters) and raises `StopConfigError` naming the
+        first bad one. The one validation path: the API, dicts, YAML files, presets and the CLI all end here."""
+        methods = sorted(PRUNERS)
+        if not isinstance(self.method, str) or self.method not in PRUNERS:
             raise StopConfigError(
-                f"stop_config.method={self.method!r} is not a known method; allowed: {sorted(PRUNERS)}"
+                f"stop_config.method={self.method!r} is not a known method; allowed: {methods}"
             )
-        if isinstance(self.retention, bool) or not isinstance(self.retention, (int, float)):
-            raise StopConfigError(f"stop_config.retention={self.retention!r} must be a number in (0, 1]")
-        if not 0 < float(self.retention) <= 1:
-            raise StopConfigError(
-                f"stop_config.retention={self.retention!r} is out of range; allowed: 0 < r <= 1"
-            )
+        _check("retention", self.retention, RETENTION_SPEC)
         self.retention = float(self.retention)
-        if not isinstance(self.sink, bool):
-            raise StopConfigError(f"stop_config.sink={self.sink!r} must be true or false")
+        if self.method == "none" and self.retention != 1.0:
+            raise StopConfigError(
+                f"stop_config.retention={self.retention!r} has no effect with method 'none' (nothing would be "
+                f"pruned); set stop_config.method to one of {[m for m in methods if m != 'none']}"
+            )
+        _check("sink", self.sink, ParamSpec(bool))
         for name in ("mu_s", "mu_t"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-            ):
-                raise StopConfigError(f"stop_config.{name}={value!r} must be a non-negative number or null")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or self.gamma <= 0:
-            raise StopConfigError(f"stop_config.gamma={self.gamma!r} must be a positive number")
+            _check(name, getattr(self, name), ParamSpec(float, 0, optional=True))
+        _check("gamma", self.gamma, ParamSpec(float, 0, low_open=True))
         if self.position_mode not in POSITION_MODES:
             raise StopConfigError(
                 f"stop_config.position_mode={self.position_mode!r} is not allowed; allowed: {list(POSITION_MODES)}"
             )
-        if self.saliency_layer is not None and (
-            isinstance(self.saliency_layer, bool) or not isinstance(self.saliency_layer, int)
-        ):
+        _check("saliency_layer", self.saliency_layer, ParamSpec(int, optional=True))
+        _check("prune_images", self.prune_images, ParamSpec(bool))
+        _check("signal_chunk_frames", self.signal_chunk_frames, ParamSpec(int, 1))
+        for name, allowed_values in SIGNAL_CHOICES.items():
+            if getattr(self, name) not in allowed_values:
+                raise StopConfigError(
+                    f"stop_config.{name}={getattr(self, name)!r} is not allowed; allowed: {list(allowed_values)}"
+                )
+        if not isinstance(self.siglip_head, str) or not self.siglip_head.strip():
             raise StopConfigError(
-                f"stop_config.saliency_layer={self.saliency_layer!r} must be an integer or null"
-            )
-        if not isinstance(self.prune_images, bool):
-            raise StopConfigError(f"stop_config.prune_images={self.prune_images!r} must be true or false")
-        if not isinstance(self.signal_chunk_frames, int) or self.signal_chunk_frames < 1:
-            raise StopConfigError(
-                f"stop_config.signal_chunk_frames={self.signal_chunk_frames!r} must be a positive integer"
+                f"stop_config.siglip_head={self.siglip_head!r} must be a hub id or a local path, e.g. "
+                f"{DEFAULT_SIGLIP_CHECKPOINT!r}"
             )
         if not isinstance(self.params, dict):
             raise StopConfigError(
-                f"stop_config.params={self.params!r} must be a mapping of method parameters"
+                f"stop_config.params={self.params!r} must be a mapping of method parameters, e.g. {{tau: 0.8}}"
             )
-        allowed = PRUNERS[self.method].param_names()
-        unknown = sorted(set(self.params) - set(allowed))
+        cls = PRUNERS[self.method]
+        allowed = cls.param_names()
+        unknown = sorted(set(self.params) - set(allowed), key=str)
         if unknown:
             raise StopConfigError(
                 f"stop_config.params has unknown key(s) {unknown} for method {self.method!r}; allowed: {allowed}"
             )
-        if self.sink and not PRUNERS[self.method].needs:
+        specs = cls.param_specs()
+        for name, value in self.params.items():
+            _check(f"params.{name}", value, specs[name], f" (method {self.method!r})")
+        if self.sink and not cls.needs:
             raise StopConfigError(
                 f"stop_config.sink=true needs a method that ranks tokens by attention; method {self.method!r} does "
                 f"not. Allowed with sink: {sorted(k for k, v in PRUNERS.items() if v.needs)}"
             )
-        self.build_pruner()  # type-checks params by construction
+        if not self.sink and (self.mu_s is not None or self.mu_t is not None):
+            unused = [f"{n}={getattr(self, n)!r}" for n in ("mu_s", "mu_t") if getattr(self, n) is not None]
+            warnings.warn(
+                f"stop_config: {', '.join(unused)} unused because sink=false (SToP is off); set sink: true to "
+                "apply it, or drop it",
+                UserWarning,
+                stacklevel=4,
+            )
+        self.build_pruner()  # cross-parameter checks a method may add in its own __post_init__
 
     # ------------------------------------------------------------------ derived
     @property
@@ -160,27 +204,45 @@ class StopConfig:
         if not isinstance(data, dict):
             raise StopConfigError(f"stop_config must be a mapping, got {type(data).__name__}")
         valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
+        unknown = sorted(set(data) - set(valid), key=str)
         if unknown:
             raise StopConfigError(f"stop_config has unknown key(s) {unknown}; valid keys: {valid}")
+        if "method" not in data:
+            raise StopConfigError(
+                f"stop_config.method is missing (got keys {sorted(data, key=str)}); a config must name its method, "
+                f"one of {sorted(PRUNERS)} ('none' for no pruning)"
+            )
         return cls(**data)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> StopConfig:
-        path = Path(path)
+        path = Path(path).expanduser()
+        where = f"stop_config YAML file {str(path)!r}"
+        if not path.exists():
+            raise StopConfigError(f"{where} does not exist")
         if not path.is_file():
-            raise StopConfigError(f"stop_config YAML file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise StopConfigError(f"stop_config YAML file {str(path)!r} is malformed: {exc}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
             raise StopConfigError(
-                f"stop_config YAML file {str(path)!r} must hold a mapping of settings, got {type(data).__name__}"
+                f"{where} is not a file ({'a folder' if path.is_dir() else 'not a regular file'})"
             )
-        return cls.from_dict(data)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StopConfigError(f"{where} cannot be read: {reason}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise StopConfigError(f"{where} is malformed: {exc}") from None
+        if data is None:
+            raise StopConfigError(
+                f"{where} is empty; it must set at least `method:` (one of {sorted(PRUNERS)}; 'none' for no pruning)"
+            )
+        if not isinstance(data, dict):
+            raise StopConfigError(f"{where} must hold a mapping of settings, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except StopConfigError as exc:
+            raise StopConfigError(f"{exc} (in {where})") from None
 
     @classmethod
     def from_preset(cls, name: str) -> StopConfig:
@@ -193,14 +255,21 @@ class StopConfig:
 
     @classmethod
     def from_any(cls, value: StopConfig | dict | str | os.PathLike) -> StopConfig:
-        """Accepts a StopConfig, a dict, a YAML path or a preset name."""
+        """Accepts a StopConfig, a dict, a YAML path (`~` expanded), a preset name, or "none" (method none)."""
         if isinstance(value, StopConfig):
             return value
         if isinstance(value, dict):
             return cls.from_dict(value)
         if isinstance(value, (str, os.PathLike)):
             text = str(value)
-            if text.endswith((".yaml", ".yml")) or os.sep in text or Path(text).is_file():
+            if isinstance(value, str) and means_no_pruning(text):
+                return cls(method="none")
+            if (
+                text.endswith((".yaml", ".yml"))
+                or os.sep in text
+                or text.startswith("~")
+                or Path(text).exists()
+            ):
                 return cls.from_yaml(text)
             return cls.from_preset(text)
         raise StopConfigError(

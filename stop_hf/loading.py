@@ -6,19 +6,25 @@ import functools
 import os
 from typing import Any
 
-from .config import StopConfig
+from .config import StopConfig, StopConfigError, means_no_pruning
 from .hooks import StopState, lm_pre_hook, outer_pre_hook, top_pre_hook
+from .validation import pixel_check_pre_hook
 
 ConfigLike = StopConfig | dict | str | os.PathLike
 
 
-def patch(model: Any, stop_config: ConfigLike) -> Any:
+def patch(model: Any, stop_config: ConfigLike | None) -> Any:
     """Installs pruning on one model instance (hooks only; removable with `unpatch`). Returns the model.
 
-    The config is stored in `model.config.stop_config`, so `save_pretrained` keeps it.
+    The config is stored in `model.config.stop_config`, so `save_pretrained` keeps it. `None` or `"none"` means no
+    pruning: the model is unpatched. Transactional: the config, the architecture and the layer indices are all
+    checked before anything is installed, and any failure while installing removes every hook and attribute it
+    added, so a failed `patch` leaves the model exactly as it was (still patched with its previous config, if any).
     """
     from stop_hf.patches import adapter_for
 
+    if means_no_pruning(stop_config):
+        return unpatch(model)
     # A private copy: later edits to the caller's StopConfig must not desynchronise the built pruner and hooks.
     config = StopConfig.from_dict(StopConfig.from_any(stop_config).to_dict())
     adapter = adapter_for(model)
@@ -26,9 +32,21 @@ def patch(model: Any, stop_config: ConfigLike) -> Any:
         raise NotImplementedError(
             "stop_config.prune_images=true is not supported yet; images pass through unpruned (set it to false)"
         )
-    if is_patched(model):
+    _check_against_model(adapter, model, config)
+
+    snapshot = _ModelSnapshot(model)
+    try:
         unpatch(model)
+        _install(model, adapter, config)
+    except BaseException:
+        snapshot.restore()
+        raise
+    return model
+
+
+def _install(model: Any, adapter: Any, config: StopConfig) -> None:
     state = StopState(config=config, pruner=config.build_pruner(), adapter=adapter)
+    model._stop_state = state  # set first, so that a failure below is rolled back with everything else
     base, lm = adapter.base_model(model), adapter.language_model(model)
     video_token = adapter.video_token_id(model)
     state.handles = [
@@ -39,14 +57,68 @@ def patch(model: Any, stop_config: ConfigLike) -> Any:
         lm.register_forward_pre_hook(functools.partial(lm_pre_hook, state), with_kwargs=True),
     ]
     if not config.is_identity:
+        # runs before the pruning hooks, so NaN/inf pixels are named as such instead of failing inside them
+        state.handles.append(
+            base.register_forward_pre_hook(pixel_check_pre_hook, with_kwargs=True, prepend=True)
+        )
         state.handles += adapter.install_capture(model, state)
-    model._stop_state = state
     # copy.deepcopy would share the hook closures (they capture this model's modules and state), so the copy would
     # encode videos with the original's vision tower and write into the original's state. An instance attribute
     # makes deepcopy copy the unpatched model and patch the copy with the same config instead.
     model.__dict__["__deepcopy__"] = functools.partial(_deepcopy_patched, model)
     model.config.stop_config = config.to_dict()
-    return model
+
+
+def _check_against_model(adapter: Any, model: Any, config: StopConfig) -> None:
+    """The config checks that need the model (layer indices), run before anything is installed."""
+    check = getattr(adapter, "check_config", None)
+    try:
+        if check is not None:
+            check(model, config)
+        elif config.saliency_layer is not None or (not config.is_identity and config.build_pruner().needs):
+            for name in ("saliency_layer_index", "saliency_block_index"):
+                if hasattr(adapter, name):
+                    getattr(adapter, name)(model, config.saliency_layer)
+    except StopConfigError:
+        raise
+    except ValueError as exc:
+        raise StopConfigError(str(exc)) from None
+
+
+_MISSING = object()
+
+
+class _ModelSnapshot:
+    """What `patch` may change on a model: every module's hook registries and instance attributes (method
+    wrappers, `_stop_state`, `__deepcopy__`), and `config.stop_config`. `restore` undoes any change since."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.attributes = [(module, dict(module.__dict__)) for module in model.modules()]
+        self.hooks = [
+            (registry, dict(registry))
+            for module, attributes in self.attributes
+            for name, registry in attributes.items()
+            if "hooks" in name and isinstance(registry, dict)
+        ]
+        self.stored = model.config.__dict__.get("stop_config", _MISSING)
+
+    def restore(self) -> None:
+        for registry, saved in self.hooks:
+            if registry != saved:
+                registry.clear()
+                registry.update(saved)
+        for module, attributes in self.attributes:
+            current = module.__dict__
+            for name in set(current) - set(attributes):
+                del current[name]
+            for name, value in attributes.items():
+                if current.get(name, _MISSING) is not value:
+                    current[name] = value
+        if self.stored is _MISSING:
+            self.model.config.__dict__.pop("stop_config", None)
+        else:
+            self.model.config.stop_config = self.stored
 
 
 def _deepcopy_patched(model: Any, memo: dict) -> Any:
@@ -109,16 +181,20 @@ def _model_class_for(config: Any) -> type:
     return getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
 
 
+#: `stop_config` not passed at all (as opposed to None, which means "unpruned").
+_UNSET: Any = type("Unset", (), {"__repr__": lambda self: "<not set>"})()
+
+
 def from_pretrained(
-    pretrained_model_name_or_path: str | os.PathLike, stop_config: ConfigLike | None = None, **kwargs: Any
+    pretrained_model_name_or_path: str | os.PathLike, stop_config: ConfigLike | None = _UNSET, **kwargs: Any
 ) -> Any:
     """Loads a supported HF video LLM and patches it.
 
-    `stop_config` defaults to the one stored in the checkpoint's config (from a patched `save_pretrained`).
-    Other kwargs go to the HF `from_pretrained` unchanged, config overrides such as `vision_feature_layer=-2`
-    included.
+    `stop_config` defaults to the one stored in the checkpoint's config (from a patched `save_pretrained`); `None`
+    or `"none"` loads it unpruned. The config is validated before any weight is read. Other kwargs go to the HF
+    `from_pretrained` unchanged, config overrides such as `vision_feature_layer=-2` included.
     """
-    from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+    from transformers import AutoConfig, PretrainedConfig
 
     config = kwargs.get("config")
     if not isinstance(config, PretrainedConfig):
@@ -126,11 +202,8 @@ def from_pretrained(
         source = pretrained_model_name_or_path if config is None else config
         config = AutoConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
     cls = _model_class_for(config)
-    model = PreTrainedModel.from_pretrained.__func__(cls, pretrained_model_name_or_path, **kwargs)
-    chosen = stop_config if stop_config is not None else getattr(model.config, "stop_config", None)
-    if chosen is not None:
-        patch(model, chosen)
-    return model
+    load = _kwarg_from_pretrained(cls).__get__(None, cls)  # the kwarg path, installed or not
+    return load(pretrained_model_name_or_path, stop_config=stop_config, **kwargs)
 
 
 _HUB_KWARGS = (
@@ -145,18 +218,62 @@ _HUB_KWARGS = (
 )
 
 
+def _requested_config(pretrained: Any, stop_config: Any, kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """(the stop_config a load asks for, where it came from); `_UNSET` when none is asked for.
+
+    Precedence: the `stop_config=` kwarg; else `config.stop_config` of a passed config object (the Auto classes and
+    `pipeline` hand the kwarg over this way when the checkpoint already stores one); else the config stored in the
+    checkpoint's config.json."""
+    from transformers import PretrainedConfig
+
+    if stop_config is not _UNSET:
+        return stop_config, "the stop_config argument"
+    config = kwargs.get("config")
+    if isinstance(config, PretrainedConfig):
+        return config.__dict__.get("stop_config", _UNSET), "config.stop_config"
+    if pretrained is None:
+        return _UNSET, ""
+    try:
+        stored, _ = PretrainedConfig.get_config_dict(
+            pretrained, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+        )
+    except Exception:  # noqa: BLE001 - no readable config: HF's own load reports it
+        return _UNSET, ""
+    return stored.get("stop_config", _UNSET), f"the stop_config stored in {pretrained}'s config.json"
+
+
+def _resolve_requested(value: Any, origin: str) -> StopConfig | None:
+    """Validates a requested stop_config (cheap, before any weight is read); None means unpruned."""
+    if value is _UNSET or means_no_pruning(value):
+        return None
+    try:
+        return StopConfig.from_any(value)
+    except StopConfigError as exc:
+        hint = " (pass stop_config=None to load the model unpruned)" if "stored" in origin else ""
+        raise StopConfigError(f"{exc} [from {origin}]{hint}") from None
+
+
 def _kwarg_from_pretrained(owner: type) -> classmethod:
     """`owner.from_pretrained` accepting `stop_config=`; everything else goes to the inherited implementation."""
 
-    def from_pretrained(cls: type, *args: Any, stop_config: ConfigLike | None = None, **kwargs: Any) -> Any:
+    def from_pretrained(cls: type, *args: Any, stop_config: ConfigLike | None = _UNSET, **kwargs: Any) -> Any:
+        pretrained = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        requested, origin = _requested_config(pretrained, stop_config, kwargs)
+        config = _resolve_requested(requested, origin)  # a bad config fails here, before the weights load
         model = super(owner, cls).from_pretrained(*args, **kwargs)
-        if stop_config is not None:
-            patch(model, stop_config)
+        if config is not None:
+            patch(model, config)
+        else:
+            # Unpruned (asked for, or nothing stored): the loaded config must not claim otherwise, so that
+            # `save_pretrained` writes what the model does.
+            model.config.__dict__.pop("stop_config", None)
         return model
 
     from_pretrained.__doc__ = (
         f"{owner.__name__}.from_pretrained, plus `stop_config=` (installed by `import stop_hf`): a preset name, "
-        "YAML path, dict or StopConfig that patches the loaded model. Without it, loading is unchanged."
+        "YAML path, dict or StopConfig that patches the loaded model; None or 'none' loads it unpruned. Without "
+        "the kwarg, a stop_config stored in the checkpoint's config.json (a patched save_pretrained) is applied. "
+        "Configs are validated before any weight is read."
     )
     return classmethod(from_pretrained)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -92,6 +94,91 @@ class PruneResult:
             self.kind = torch.zeros_like(self.index)
 
 
+#: dataclass field metadata key holding a method parameter's `ParamSpec`.
+PARAM_SPEC = "stop_hf_param"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """The type and range of one method parameter, declared once beside its field (see `param`).
+
+    kind: bool, int or float (floats also accept integers; every number must be finite). `low`/`high` bound the
+    value (None: unbounded), inclusive unless `low_open`/`high_open`. `optional` also allows None.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        """What is allowed, e.g. 'a number in [0, 1]', 'an integer >= 1', 'true or false'."""
+        if self.kind is bool:
+            text = "true or false"
+        else:
+            noun = "an integer" if self.kind is int else "a finite number"
+            low, high = (self._number(v) for v in (self.low, self.high))
+            if self.low is not None and self.high is not None:
+                left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+                text = f"{noun} in {left}{low}, {high}{right}"
+            elif self.low is not None:
+                text = f"{noun} {'>' if self.low_open else '>='} {low}"
+            elif self.high is not None:
+                text = f"{noun} {'<' if self.high_open else '<='} {high}"
+            else:
+                text = noun
+        return f"{text} or null" if self.optional else text
+
+    def _number(self, value: float | None) -> str:
+        if value is None:
+            return ""
+        return str(int(value)) if self.kind is int else f"{value:g}"
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        number = float(value)
+        if not math.isfinite(number):
+            return False
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        return self.high is None or not (number >= self.high if self.high_open else number > self.high)
+
+
+def param(
+    default: Any,
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> Any:
+    """A pruner parameter field with its declared type and range: `tau: float = param(0.8, float, 0, 1)`."""
+    spec = ParamSpec(kind, low, high, low_open, high_open, optional)
+    return field(default=default, metadata={PARAM_SPEC: spec})
+
+
+def _inferred_spec(f: Any) -> ParamSpec:
+    """For a field declared without `param`: the type of its default (or its annotation when the default is None),
+    any finite value."""
+    annotation = str(f.type)
+    optional = f.default is None or "None" in annotation
+    for kind in (bool, int, float):
+        if type(f.default) is kind or (f.default is None and kind.__name__ in annotation):
+            return ParamSpec(kind, optional=optional)
+    return ParamSpec(float, optional=optional)
+
+
 @dataclass
 class Pruner:
     """Base class: one small dataclass per method holding its parameters, with a single `prune` method.
@@ -106,6 +193,38 @@ class Pruner:
 
     retention: float = 1.0
     sink: Sink | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raises ValueError naming the first parameter outside its declared type and range."""
+        problem = self.problem("retention", self.retention)
+        if problem is None and self.sink is not None and not isinstance(self.sink, Sink):
+            problem = f"sink={self.sink!r} must be a Sink or None"
+        for name in self.param_names():
+            problem = problem or self.problem(name, getattr(self, name))
+        if problem:
+            raise ValueError(f"{self.name} {problem}")
+
+    @classmethod
+    def param_specs(cls) -> dict[str, ParamSpec]:
+        """Method parameter -> its declared `ParamSpec` (inferred from the default for undeclared fields)."""
+        return {
+            f.name: f.metadata.get(PARAM_SPEC) or _inferred_spec(f)
+            for f in fields(cls)
+            if f.name not in ("retention", "sink")
+        }
+
+    @classmethod
+    def problem(cls, name: str, value: Any) -> str | None:
+        """None when `value` is allowed for parameter `name`, else '<name>=<value> must be <what is allowed>'."""
+        spec = RETENTION_SPEC if name == "retention" else cls.param_specs().get(name)
+        if spec is None:
+            return f"has no parameter {name!r}; parameters: {cls.param_names()}"
+        if spec.accepts(value):
+            return None
+        return f"{name}={value!r} must be {spec.describe()}"
 
     def prune(self, x: PruneInput) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -128,6 +247,10 @@ class Pruner:
     def param_names(cls) -> list[str]:
         """Method-specific parameter names (everything but retention and sink)."""
         return [f.name for f in fields(cls) if f.name not in ("retention", "sink")]
+
+
+#: retention, shared by every method: the fraction of video tokens kept.
+RETENTION_SPEC = ParamSpec(float, 0.0, 1.0, low_open=True)
 
 
 def copy_result(x: PruneInput, flat_index: torch.Tensor, **info: Any) -> PruneResult:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, topk_lowest_index
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
 from .density import (
     EPS,
     anchor_merge,
@@ -47,15 +47,16 @@ class FastVIDPruner(Pruner):
     name: ClassVar[str] = "fastvid"
     needs: ClassVar[tuple[str, ...]] = ("attention", "global_features")
 
-    c: int = 8
-    tau: float = 0.9
-    d: float = 0.4
-    p: int = 4
-    beta: float = 0.6
-    k: int = 4
-    anchor_sink_penalty: float = 0.3
+    c: int = param(8, int, 1)
+    tau: float = param(0.9, float, 0, 1)
+    d: float = param(0.4, float, 0, 1)
+    p: int = param(4, int, 1)
+    beta: float = param(0.6, float, 0, 1)
+    k: int = param(4, int, 1)
+    anchor_sink_penalty: float = param(0.3, float, 0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for field_name in ("c", "p", "k"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, topk_lowest_index
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
 from .density import (
     anchor_merge,
     density_peak_scores,
@@ -91,17 +91,18 @@ class HoliTomPruner(Pruner):
     name: ClassVar[str] = "holitom"
     needs: ClassVar[tuple[str, ...]] = ("attention",)
 
-    tau: float = 0.8
-    beta: float = 0.6
-    d_split: float = 0.0
-    k: int = 7
-    max_window_size: int = 1024
-    budget_correction: bool = True
-    sttp_threshold: float = 0.8
-    static_cluster_sink_penalty: float = 0.3
-    no_beta: bool = False
+    tau: float = param(0.8, float, 0, 1)
+    beta: float = param(0.6, float, 0, 1)
+    d_split: float = param(0.0, float, 0, 1)
+    k: int = param(7, int, 1)
+    max_window_size: int = param(1024, int, 1)
+    budget_correction: bool = param(True, bool)
+    sttp_threshold: float = param(0.8, float, 0, 1)
+    static_cluster_sink_penalty: float = param(0.3, float, 0)
+    no_beta: bool = param(False, bool)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for field_name in ("k", "max_window_size"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import PruneInput, Pruner, PruneResult, copy_result
+from .base import PruneInput, Pruner, PruneResult, copy_result, param
 
 
 def tokens_per_frame_budget(n: int, retention: float) -> int:
@@ -46,7 +46,7 @@ class RandomPruner(Pruner):
     """Keeps round(N * r) random positions per frame (seeded, so runs are reproducible), in raster order."""
 
     name: ClassVar[str] = "random"
-    seed: int = 0
+    seed: int = param(0, int, 0, 2**63 - 1)
 
     def prune(self, x: PruneInput) -> PruneResult:
         t, n, _ = x.features.shape

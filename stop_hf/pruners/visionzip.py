@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, topk_lowest_index
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
 from .density import EPS, group_sum, selection_mask, split_by_mask, take_rows
 
 #: tokens per frame that the reference scripts use for 196-token frames (LLaVA-OV, 14x14).
@@ -42,11 +42,12 @@ class VisionZipPruner(Pruner):
     name: ClassVar[str] = "visionzip"
     needs: ClassVar[tuple[str, ...]] = ("attention", "keys")
 
-    spatial_tokens: int | None = None
-    dominant_ratio: float = 54 / 64
-    sink_target_skip_topk: int = 20
+    spatial_tokens: int | None = param(None, int, 1, optional=True)
+    dominant_ratio: float = param(54 / 64, float, 0, 1)
+    sink_target_skip_topk: int = param(20, int, 0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.spatial_tokens is not None and (
             isinstance(self.spatial_tokens, bool)
             or not isinstance(self.spatial_tokens, int)
