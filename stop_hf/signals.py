@@ -10,26 +10,39 @@ import torch
 
 
 def attention_received(
-    queries: torch.Tensor, keys: torch.Tensor, scale: float, chunk_size: int = 8
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float,
+    chunk_size: int = 8,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Mean attention each key receives, averaged over heads and queries.
 
-    queries, keys: (B, H, N, dh) for B independent sequences (frames) -> (B, N) float32. Each softmax row sums
-    to 1, so the values average exactly 1/N.
+    queries, keys: (B, H, N, dh) for B independent sequences (frames) -> (B, N) float32, computed in `dtype`
+    (`signal_dtype`). Each softmax row sums to 1, so the values average exactly 1/N.
     """
     heads, length = queries.shape[1], queries.shape[2]
     out = []
     for start in range(0, queries.shape[0], chunk_size):
-        q = queries[start : start + chunk_size].float() * scale
-        k = keys[start : start + chunk_size].float()
+        q = queries[start : start + chunk_size].to(dtype) * scale
+        k = keys[start : start + chunk_size].to(dtype)
         # One (b, H, N, N) buffer, exponentiated in place; the row normalisers are folded into a matrix-vector
         # product instead of materialising the probabilities (2x faster on CPU than softmax + mean).
         weights = torch.matmul(q, k.transpose(-1, -2))
         weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
         inverse_row_sums = weights.sum(dim=-1).reciprocal_().unsqueeze(-2)  # (b, H, 1, N)
         received = torch.matmul(inverse_row_sums, weights).squeeze(-2)  # (b, H, N)
-        out.append(received.sum(dim=1) / (heads * length))
+        out.append(received.sum(dim=1).float() / (heads * length))
     return torch.cat(out, dim=0)
+
+
+def signal_dtype(setting: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype signals are computed in: `stop_config.signal_dtype` 'float32', or 'model' (the model's dtype)."""
+    if setting == "model":
+        return model_dtype
+    if setting == "float32":
+        return torch.float32
+    raise ValueError(f"stop_config.signal_dtype={setting!r} is not allowed; allowed: ['float32', 'model']")
 
 
 def head_mean_keys(keys: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..sink import rank_with_sink
 from . import register
 from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
 from .density import (
@@ -32,12 +33,15 @@ class FastVIDPruner(Pruner):
        before it.
     4. ATS: each frame keeps its Ns top-score tokens unchanged (score = attention, or STSP with a sink).
     5. Density-peak score (delta * rho, k neighbours) of each frame's remaining tokens; an anchor frame takes its
-       top-A as anchors; every remaining token of the segment joins the anchor with the highest cosine, and each
-       anchor becomes w * anchor + (1 - w) * mean(members), w = max(1 / (n + 1), beta).
+       top-A as anchors. The path follows the reference's rule, the anchor count (not the segment length): a frame
+       with A = Nc anchors clusters its own remaining tokens (single-frame path; always so for p = 1); a frame
+       with A > Nc clusters every remaining token of its segment (multi-frame path). Each token joins the anchor
+       with the highest cosine; each anchor becomes w * anchor + (1 - w) * mean(members), w = max(1/(n+1), beta).
     6. Output: salient tokens and anchors sorted by flat index t * N + n.
 
-    SToP (sink set): ATS ranks by `attention - mu_s * s`; when mu_s != 0 the density score is lowered by
-    `anchor_sink_penalty * s` (once), and once more for anchor frames of multi-frame segments, as the SToP code does.
+    SToP (sink set): ATS ranks by `attention - mu_s * s[t]` (each frame its own row of the sink score); when
+    mu_s != 0 the density score is lowered by `anchor_sink_penalty * s[t]` once, and once more on the multi-frame
+    path, as the SToP code does.
 
     Robustness beyond the reference: c_eff = min(c, T) (the reference fails for T < c; T = 1 is one segment);
     R is at least 1; anchors per frame are capped at the frame's remaining tokens; zero-norm features are
@@ -86,6 +90,15 @@ class FastVIDPruner(Pruner):
         starts = [0] + [e + 1 for e in ends[:-1]]
         return list(zip(starts, ends))
 
+    def anchor_counts(self, segments: list[tuple[int, int]], context: int) -> list[int]:
+        """Anchors per frame: floor(Nc * L / ceil(L / p)) on a segment's last frame and every p-th one before it."""
+        counts = [0] * (segments[-1][1] + 1)
+        for start, end in segments:
+            length = end - start + 1
+            for f in range(end, start - 1, -self.p):
+                counts[f] = (context * length) // math.ceil(length / self.p)
+        return counts
+
     def prune(self, x: PruneInput) -> PruneResult:
         x.require(*self.needs, method=self.name)
         feats = x.features
@@ -95,13 +108,14 @@ class FastVIDPruner(Pruner):
         rest = n - salient
 
         info: dict = {"frame_retain_num": retain, "salient_num": salient, "context_num": context}
-        score, sink_score = self.ranking(x)
-        if sink_score is not None:
-            info["sink_score"] = sink_score
-        penalise = sink_score is not None and self.sink.mu_s != 0
+        score, frame_sink = rank_with_sink(x.attention, self.sink, x.attention_patches)
+        if frame_sink is not None:
+            info["sink_score"] = frame_sink[0]
+        penalise = frame_sink is not None and self.sink.mu_s != 0
 
         segments = self.segments(x.global_features)
         info["segments"] = segments
+        counts = self.anchor_counts(segments, context)
 
         # ATS: salient tokens per frame; the others are the frame's "remaining" tokens (increasing position).
         order = split_by_mask(selection_mask(n, topk_lowest_index(score, salient)))
@@ -118,36 +132,47 @@ class FastVIDPruner(Pruner):
         if context > 0 and rest > 0:
             rem_feats = take_rows(feats, rem_pos).float()  # (T, Mr, D)
             density = density_peak_scores(rem_feats, self.k)  # (T, Mr)
-            rem_sink = sink_score[rem_pos] if penalise else None
+            rem_sink = take_rows(frame_sink, rem_pos) if penalise else None
             if penalise:
                 density = density - self.anchor_sink_penalty * rem_sink
 
+            # The reference picks the path by the anchor count, not by the segment length: a frame with exactly
+            # Nc anchors clusters its own tokens (single-frame path); a frame with more clusters its whole segment
+            # (multi-frame path, sink penalty applied once more). With p = 1 every frame takes the first path.
+            groups_of_work = []  # (pool frames (G, L), anchor frames (G, nA), anchors per anchor frame, multi)
+            single = [f for f in range(t) if counts[f] == context]
+            if single:
+                frames = torch.tensor(single, device=device)[:, None]
+                groups_of_work.append((frames, frames, context, False))
             by_length: dict[int, list[int]] = {}
             for start, end in segments:
-                by_length.setdefault(end - start + 1, []).append(start)
+                if counts[end] > context:
+                    by_length.setdefault(end - start + 1, []).append(start)
             for length, starts in by_length.items():
-                n_anchor_frames = math.ceil(length / self.p)
-                per_anchor = min((context * length) // n_anchor_frames, rest)
-                if per_anchor <= 0:
-                    continue
                 starts_t = torch.tensor(starts, device=device)
                 frames = starts_t[:, None] + torch.arange(length, device=device)  # (G, L)
-                offsets = (length - 1) - self.p * torch.arange(n_anchor_frames, device=device)
+                offsets = torch.arange(length - 1, -1, -self.p, device=device)
                 anchor_frames = starts_t[:, None] + offsets  # (G, nA), last frame first
+                groups_of_work.append(
+                    (frames, anchor_frames, min(counts[starts[0] + length - 1], rest), True)
+                )
+
+            for frames, anchor_frames, per_anchor, multi in groups_of_work:
                 for f in anchor_frames.reshape(-1).tolist():
                     anchors_per_frame[f] = per_anchor
+                groups, n_a = anchor_frames.shape
+                length = frames.shape[1]
 
                 frame_score = density[anchor_frames]  # (G, nA, Mr)
-                if penalise and length > 1:
+                if penalise and multi:
                     frame_score = frame_score - self.anchor_sink_penalty * rem_sink[anchor_frames]
                 local = topk_lowest_index(frame_score, per_anchor)  # (G, nA, A), descending score
-                groups, n_a = anchor_frames.shape
                 anchor_feats = rem_feats[anchor_frames[..., None], local].reshape(groups, n_a * per_anchor, d)
                 anchor_flat = (
                     anchor_frames[..., None] * n + rem_pos[anchor_frames[..., None], local]
                 ).reshape(groups, n_a * per_anchor)
 
-                # every remaining token of the segment joins, per anchor frame, its highest-cosine anchor
+                # every remaining token of the pool joins, per anchor frame, its highest-cosine anchor
                 pool = rem_feats[frames].reshape(groups, length * rest, d)
                 pool_flat = (frames[..., None] * n + rem_pos[frames]).reshape(groups, length * rest)
                 cos = cosine_similarity_matrix(pool, anchor_feats).view(
@@ -157,9 +182,9 @@ class FastVIDPruner(Pruner):
                 hot = torch.zeros_like(cos).view(groups, length * rest, n_a * per_anchor)
                 hot.scatter_(2, assign, 1.0)
                 sums = torch.matmul(hot.transpose(1, 2), pool)  # (G, nA*A, D)
-                counts = hot.sum(dim=1)
-                weight = (1.0 / (counts + 1.0)).clamp_min(self.beta)
-                merged = anchor_merge(anchor_feats, sums, counts, weight)
+                members = hot.sum(dim=1)
+                weight = (1.0 / (members + 1.0)).clamp_min(self.beta)
+                merged = anchor_merge(anchor_feats, sums, members, weight)
 
                 ids = next_id + torch.arange(groups * n_a * per_anchor, device=device).view(
                     groups, n_a * per_anchor

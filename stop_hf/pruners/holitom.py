@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..sink import rank_with_sink
 from . import register
 from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
 from .density import (
@@ -79,9 +80,10 @@ class HoliTomPruner(Pruner):
 
     SToP (sink set): the static test becomes `sim + mu_t * s > sttp_threshold` (0.8 hard-coded in the reference,
     independent of tau; the DP and r_adj keep raw sim > tau); dynamic tokens rank by `attention - mu_s * s`; the
-    static-centre score is lowered by `static_cluster_sink_penalty * s` (even when mu_s = 0); the contextual
-    (d_split) part of the dynamic tokens is forced to 0. `no_beta` switches the merge to a plain mean of centre
-    and members (the reference's NO_BETA=1).
+    static-centre score is lowered by `static_cluster_sink_penalty * s` (the window's first frame's row, even when
+    mu_s = 0); with d_split > 0 only the dominant part, round(keep * (1 - d_split)), is kept and there is no
+    contextual part (the SToP code's rule: fewer tokens than r). `no_beta` switches the merge to a plain mean of
+    centre and members (the reference's NO_BETA=1). The pair (t, t+1) uses frame t's row of the sink score.
 
     Robustness beyond the reference: T = 1 is one window of one frame; a window that would emit no token at all
     (every position static and round(S * r_adj) = 0, only possible for tiny N * r) emits one static centre;
@@ -153,7 +155,9 @@ class HoliTomPruner(Pruner):
         device = feats.device
         work = feats.float()
 
-        sim = F.cosine_similarity(work[:-1], work[1:], dim=-1) if t > 1 else work.new_zeros((0, n))
+        # normalised first, then the cosine, as the reference does: a one-ulp difference can sit exactly on tau
+        unit = F.normalize(work, dim=-1)
+        sim = F.cosine_similarity(unit[:-1], unit[1:], dim=-1) if t > 1 else work.new_zeros((0, n))
         raw_static = sim > self.tau
         windows, total_reduced = select_static_windows(raw_static, self.max_window_size)
         total = t * n
@@ -164,13 +168,13 @@ class HoliTomPruner(Pruner):
         )
         info: dict = {"windows": windows, "total_reduced": total_reduced, "retain_ratio_adjusted": r_adj}
 
-        score, sink_score = self.ranking(x)
-        if sink_score is not None:
-            static_pairs = self.sink.sttp(sim, sink_score) > self.sttp_threshold
-            info["sink_score"] = sink_score
+        score, frame_sink = rank_with_sink(x.attention, self.sink, x.attention_patches)
+        if frame_sink is not None:
+            # the pair (t, t+1) uses frame t's row of the sink score
+            static_pairs = self.sink.sttp(sim, frame_sink[:-1]) > self.sttp_threshold
+            info["sink_score"] = frame_sink[0]
         else:
             static_pairs = raw_static
-        d_split = 0.0 if self.sink is not None else float(self.d_split)
 
         out_embeds, out_index, out_kind = [], [], []
         assignment = torch.full((t, n), -1, dtype=torch.long, device=device)
@@ -189,16 +193,20 @@ class HoliTomPruner(Pruner):
             static_counts.append(n_static)
 
             keep = min(math.ceil(n_dyn * r_adj), n_dyn)
+            dominant = min(round(keep * (1 - float(self.d_split))), keep)
+            # The SToP code keeps only the dominant part of the dynamic budget: no contextual tokens.
+            contextual = 0 if self.sink is not None else keep - dominant
+            per_frame = dominant + contextual
             clusters = min(round(n_static * r_adj), n_static)
-            if clusters == 0 and keep == 0 and n_static > 0:
+            if clusters == 0 and per_frame == 0 and n_static > 0:
                 clusters = 1  # never let a window vanish entirely
 
             # -- static tokens: window means, clustered
             if clusters > 0:
                 static_feats = work[start : end + 1][:, static_pos].mean(dim=0)  # (S, D)
                 penalty = None
-                if sink_score is not None:
-                    penalty = self.static_cluster_sink_penalty * sink_score[static_pos][None]
+                if frame_sink is not None:  # the window's first frame's row, as the reference does
+                    penalty = self.static_cluster_sink_penalty * frame_sink[start, static_pos][None]
                 centres, merged, cluster = self._cluster(static_feats[None], clusters, penalty)
                 out_embeds.append(merged[0].to(feats.dtype))
                 out_index.append(start * n + static_pos[centres[0]])
@@ -207,15 +215,13 @@ class HoliTomPruner(Pruner):
                 rows += clusters
 
             # -- dynamic tokens, per frame of the window
-            if keep > 0:
-                dominant = min(round(keep * (1 - d_split)), keep)
-                contextual = keep - dominant
+            if per_frame > 0:
                 frame_ids = torch.arange(start, end + 1, device=device)
                 dyn_score = score[start : end + 1][:, dyn_pos]  # (L, M)
                 top = torch.sort(topk_lowest_index(dyn_score, dominant), dim=-1).values  # (L, dominant)
                 kept_pos = dyn_pos[top]
                 kept_flat = frame_ids[:, None] * n + kept_pos
-                frame_rows = rows + torch.arange(length, device=device)[:, None] * keep
+                frame_rows = rows + torch.arange(length, device=device)[:, None] * per_frame
                 frame_embeds = feats[frame_ids[:, None], kept_pos]  # (L, dominant, D) bit-exact copies
                 frame_index, frame_kind = kept_flat, torch.full_like(kept_flat, KIND_COPY)
                 assignment[frame_ids[:, None], kept_pos] = frame_rows + torch.arange(dominant, device=device)
@@ -232,7 +238,7 @@ class HoliTomPruner(Pruner):
                 out_embeds.append(frame_embeds.reshape(-1, d))
                 out_index.append(frame_index.reshape(-1))
                 out_kind.append(frame_kind.reshape(-1))
-                rows += length * keep
+                rows += length * per_frame
 
         info["static_tokens_per_window"] = static_counts
         info["assignment"] = assignment.reshape(-1)

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..sink import rank_with_sink
 from . import register
 from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
 from .density import EPS, group_sum, selection_mask, split_by_mask, take_rows
@@ -102,7 +103,9 @@ class VisionZipPruner(Pruner):
         remaining = n - dominant
 
         info: dict = {"tokens_per_frame": per_frame, "dominant_num": dominant, "contextual_num": contextual}
-        score, sink_score = self.ranking(x)
+        score, frame_sink = rank_with_sink(x.attention, self.sink, x.attention_patches)
+        # the target skip ranks by the first frame's row, as the reference does
+        sink_score = None if frame_sink is None else frame_sink[0]
         if sink_score is not None:
             info["sink_score"] = sink_score
 
