@@ -15,8 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model (+ pruning config) on a benchmark from its official local files",
         description="Runs a benchmark from its official local file layout (docs/evaluation.md). Per-sample results "
-        "are appended to OUT.jsonl, so an interrupted run resumes where it stopped. `--config none` is the "
-        "unpruned reference run.",
+        "are appended to OUT.jsonl, so an interrupted run resumes where it stopped (samples that errored are run "
+        "again; a JSONL written by another run is refused). The annotations are validated before the model "
+        "loads. `--config none` is the unpruned reference run.",
     )
     parser.add_argument("--benchmark", required=True, help=f"one of {sorted(REGISTRY)}")
     parser.add_argument("--data", required=True, help="the benchmark's data folder")
@@ -34,7 +35,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--reference", help="results JSON of the unpruned run: adds relative drop and loyalty"
     )
     parser.add_argument("--frames", type=int, default=32, help="frames sampled per video (the paper uses 32)")
-    parser.add_argument("--max-new-tokens", type=int, help="override the benchmark's generation length")
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="override the benchmark's generation length (>= 1)"
+    )
+    parser.add_argument(
+        "--keep-errors",
+        action="store_true",
+        help="on resume, do not run again the samples recorded with an error (default: retry them)",
+    )
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="with --reference: compare even if the runs differ in samples, frames or generation settings",
+    )
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16")
     parser.add_argument(
@@ -77,18 +90,47 @@ def parse_config(name: str):
     return config, config.to_dict() if hasattr(config, "to_dict") else str(config)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..eval.benchmarks import get_benchmark
-    from ..eval.judge import judge_from_args
-    from ..eval.runner import evaluate
-
-    bench = get_benchmark(args.benchmark)
+def check_args(args: argparse.Namespace) -> None:
+    """Impossible settings are refused before anything is loaded."""
+    if args.frames is None or args.frames < 1:
+        raise ValueError(f"--frames {args.frames}: must be >= 1 (frames sampled per video)")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be >= 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens}: must be >= 1 (0 new tokens would score empty answers); "
+            "leave it out for the benchmark's own length"
+        )
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"data folder not found: {args.data}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError("--limit must be >= 1")
+    if Path(args.out).suffix.lower() != ".json":
+        raise ValueError(f"--out {args.out}: must end in .json (the records go to the same name .jsonl)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..eval.benchmarks import get_benchmark
+    from ..eval.judge import judge_from_args
+    from ..eval.runner import evaluate, load_samples
+
+    bench = get_benchmark(args.benchmark)
+    check_args(args)
     config, config_dict = parse_config(args.config)
     judge = judge_from_args(args.judge_url, args.judge_model, args.judge_api_key)
+    samples, n_total = load_samples(bench, args.data, args.limit)  # validated before the model loads
+    for path in bench.annotation_files:
+        print(f"annotations: {path}", file=sys.stderr)
+    for note in bench.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if bench.invalid:
+        print(f"{len(bench.invalid)} broken annotation entries left out:", file=sys.stderr)
+        for problem in bench.invalid[:20]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(bench.invalid) > 20:
+            print(
+                f"  ... and {len(bench.invalid) - 20} more (all listed in the results JSON)", file=sys.stderr
+            )
     llm = load_model(args.model, config, args.device, args.dtype, args.frames)
     run_info = {
         "model": args.model,
@@ -106,17 +148,32 @@ def run(args: argparse.Namespace) -> int:
         judge=judge,
         max_new_tokens=args.max_new_tokens,
         run_info=run_info,
-        reference=args.reference,
+        reference=None,
         progress=not args.no_progress,
+        retry_errors=not args.keep_errors,
+        samples=samples,
+        n_in_benchmark=n_total,
     )
+    if args.reference:
+        import json
+
+        from ..eval.runner import compare_to_reference, load_results
+
+        results["vs_reference"] = compare_to_reference(
+            results, load_results(args.reference), allow_mismatch=args.allow_mismatch
+        )
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     from .compare import format_table
 
-    print(format_table([results]))
-    if results["n_errors"]:
-        print(f"{results['n_errors']} sample(s) failed; see 'errors' in {args.out}")
+    print(format_table([results], allow_mismatch=True))
+    counts = results["counts"]
+    if counts["errors"]:
+        print(f"{counts['errors']} sample(s) failed (counted as wrong); see 'errors' in {args.out}")
     if results["n_skipped"]:
         print(
             f"{results['n_skipped']} judged sample(s) skipped: no judge configured (--judge-url/--judge-model)"
         )
+    if not results["complete"]:
+        print("the run is INCOMPLETE: errors, broken annotation entries or samples not run; see 'counts'")
     print(f"results: {args.out}")
     return 0

@@ -1,21 +1,43 @@
 """Benchmarks read from their official local file layouts (see docs/evaluation.md).
 
-Each benchmark: `load(data_dir) -> list[Sample]`, `prompt(sample) -> str`, `score(sample, answer_text) -> dict`,
-`aggregate(records) -> dict`. A record is the per-sample JSON line the runner writes: the sample id, `meta`,
-`answer` text, the `score` dict (or `error` / `skipped`).
+Each benchmark: `load(data_dir) -> list[Sample]` (validates every annotation entry first: broken ones are listed
+in `invalid` with file, entry and field, and left out), `prompt(sample) -> str`, `score(sample, answer) -> dict`
+(the official rule's `pred` / `correct`, plus diagnostics), `aggregate(records) -> dict`. A record is the per-sample
+JSON line the runner writes: the sample id, `meta`, `answer` text, the `score` dict, or `error` / `skipped`.
+
+Denominators: every headline counts an errored sample (missing video, failed generation) as wrong, so a run can
+never score above its true accuracy over all selected samples; the one exception is Video-MME's official rule,
+which divides by answered questions (its runs are marked incomplete when any sample errored).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import LETTERS, eventhallusion_yes_no, judge_verdict, mc_letter, mean, strip_option_prefix
+from .metrics import (
+    LETTERS,
+    eventhallusion_ground_truth,
+    eventhallusion_yes_no,
+    judge_verdict,
+    mc_letter,
+    mean,
+    mlvu_official_correct,
+    mvbench_lmms_correct,
+    mvbench_official_correct,
+    strip_option_prefix,
+    videocomp_official_correct,
+    videomme_lmms_letter,
+    videomme_official_letter,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+_ALL_EXTENSIONS = VIDEO_EXTENSIONS + tuple(e.upper() for e in VIDEO_EXTENSIONS)
 
 
 @dataclass
@@ -31,59 +53,48 @@ class Sample:
     window: tuple[float | None, float | None] | None = None
 
 
-def _read_json(path: Path) -> Any:
+class AnnotationError(ValueError):
+    """A broken annotation file (not one broken entry: those are listed in `Benchmark.invalid`)."""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file; a parse error names the file (and line/column)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{path}: not UTF-8 text ({exc})") from exc
+
+
+def read_jsonl_file(path: Path) -> list[Any]:
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise AnnotationError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from exc
+    return rows
 
 
-def _find_video(folders: list[Path], stem: str) -> Path:
-    """The first existing `<folder>/<stem>` or `<folder>/<stem><ext>`; else the first candidate (missing files are
-    recorded as per-sample errors by the runner, never dropped)."""
-    candidates = []
+def _find_video(folders: list[Path], stems: list[str]) -> Path | None:
+    """The first existing `<folder>/<stem>` or `<folder>/<stem><ext>` (lower- or upper-case extension)."""
     for folder in folders:
-        candidates.append(folder / stem)
-        candidates += [folder / f"{stem}{ext}" for ext in VIDEO_EXTENSIONS]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return folders[0] / (stem if Path(stem).suffix else f"{stem}.mp4")
-
-
-def _find_existing(folders: list[Path], stems: list[str]) -> Path | None:
-    """The first existing video among `stems` in `folders`, else None."""
-    for stem in stems:
-        found = _find_video(folders, stem)
-        if found.is_file():
-            return found
+        for stem in stems:
+            for candidate in [folder / stem] + [folder / f"{stem}{ext}" for ext in _ALL_EXTENSIONS]:
+                if candidate.exists():
+                    return candidate
     return None
 
 
-def _pct(correct: list[bool]) -> float | None:
-    return 100.0 * mean([float(c) for c in correct]) if correct else None
-
-
-class Benchmark:
-    name = ""
-    max_new_tokens = 16
-    #: the metric that headlines the paper's tables (and feeds the relative drop)
-    headline: list[str] = []
-
-    def load(self, data_dir: str | Path) -> list[Sample]:
-        raise NotImplementedError
-
-    def prompt(self, sample: Sample) -> str:
-        return sample.question
-
-    def score(self, sample: Sample, answer: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    # shared helpers
-    @staticmethod
-    def scored(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in records if "score" in r]
+def _expected(folder: Path, stem: str) -> Path:
+    """Where a missing video was expected (recorded in the per-sample error)."""
+    return folder / (stem if Path(stem).suffix else f"{stem}.mp4")
 
 
 def _require(path: Path, what: str) -> Path:
@@ -92,28 +103,122 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------- multiple choice
+def _pct(flags: list[bool]) -> float | None:
+    return 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else None
+
+
+def _counted(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records that enter a denominator: scored and errored ones (an error counts as wrong); skipped judged
+    samples are not counted (they are reported as skipped)."""
+    return [r for r in records if not r.get("skipped")]
+
+
+def _correct(record: dict[str, Any], key: str = "correct") -> bool:
+    return bool(record.get("score", {}).get(key))
+
+
+def _by(records: list[dict[str, Any]], meta_key: str, key: str = "correct") -> dict[str, float | None]:
+    groups: dict[str, list[bool]] = {}
+    for r in records:
+        groups.setdefault(str(r["meta"].get(meta_key)), []).append(_correct(r, key))
+    return {k: _pct(v) for k, v in sorted(groups.items())}
+
+
+def _unique_letter(rule: Callable[[str | None, str], bool], text: str | None, n: int) -> str | None:
+    """The one option letter the official rule accepts for `text` (None if none or several): the `pred` that
+    loyalty compares."""
+    accepted = [letter for letter in LETTERS[:n] if rule(text, letter)]
+    return accepted[0] if len(accepted) == 1 else None
+
+
+class Benchmark:
+    name = ""
+    max_new_tokens = 16
+    #: the metrics that headline the paper's tables (and feed the relative drop)
+    headline: list[str] = []
+
+    def __init__(self) -> None:
+        #: broken annotation entries found by the last `load`: "file: entry i (id): field 'x': problem"
+        self.invalid: list[str] = []
+        #: the annotation files the last `load` read, and why where there was a choice
+        self.annotation_files: list[str] = []
+        self.notes: list[str] = []
+
+    def load(self, data_dir: str | Path) -> list[Sample]:
+        self.invalid, self.annotation_files, self.notes = [], [], []
+        samples = self._load(Path(data_dir))
+        if not samples:
+            detail = f"; {len(self.invalid)} broken entries, first: {self.invalid[0]}" if self.invalid else ""
+            raise AnnotationError(f"no valid {self.name} samples in {data_dir}{detail}")
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise AnnotationError(f"{self.name}: sample id {dup!r} appears twice in {data_dir}")
+        return samples
+
+    def _load(self, root: Path) -> list[Sample]:
+        raise NotImplementedError
+
+    def _bad(self, path: Path, index: int, entry_id: Any, field_name: str, problem: str) -> None:
+        label = f"entry {index}" + (f" ({entry_id})" if entry_id not in (None, "") else "")
+        self.invalid.append(f"{path}: {label}: field {field_name!r}: {problem}")
+
+    def prompt(self, sample: Sample) -> str:
+        return sample.question
+
+    def score(self, sample: Sample, answer: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def unparsed(self, record: dict[str, Any]) -> bool:
+        return "score" in record and record["score"].get("pred") is None
+
+
+def _candidates(
+    bench: Benchmark, path: Path, i: int, item: Any, entry_id: Any
+) -> tuple[list[str], str] | None:
+    """MVBench / MLVU items: `candidates` list and an `answer` among them -> (candidates, answer letter)."""
+    if not isinstance(item, dict):
+        bench._bad(path, i, entry_id, "(entry)", f"expected an object, got {type(item).__name__}")
+        return None
+    for key in ("video", "question", "candidates", "answer"):
+        if item.get(key) in (None, ""):
+            bench._bad(path, i, entry_id, key, "missing")
+            return None
+    candidates = item["candidates"]
+    if not isinstance(candidates, list) or len(candidates) < 2 or len(candidates) > len(LETTERS):
+        bench._bad(path, i, entry_id, "candidates", f"expected a list of 2..26 options, got {candidates!r}")
+        return None
+    candidates = [str(c) for c in candidates]
+    if str(item["answer"]) not in candidates:
+        bench._bad(
+            path, i, entry_id, "answer", f"{item['answer']!r} is not one of the candidates {candidates}"
+        )
+        return None
+    return candidates, LETTERS[candidates.index(str(item["answer"]))]
+
+
 class _MultipleChoice(Benchmark):
-    def score(self, sample: Sample, answer: str) -> dict[str, Any]:
+    """Shared pieces: the lenient diagnostic parse next to the official one."""
+
+    def _lenient(self, sample: Sample, answer: str | None) -> dict[str, Any]:
         pred = mc_letter(answer, sample.options)
-        return {"pred": pred, "correct": pred == sample.answer}
+        return {"lenient_pred": pred, "lenient_correct": pred == sample.answer}
 
-    def _mc_aggregate(self, records: list[dict[str, Any]], by: list[str]) -> dict[str, Any]:
-        scored = self.scored(records)
-        out: dict[str, Any] = {
-            "accuracy": _pct([r["score"]["correct"] for r in scored]),
-            "n": len(scored),
-            "unparsed_rate": _pct([r["score"]["pred"] is None for r in scored]),
+    def _base_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = _counted(records)
+        return {
+            "n": len(rows),
+            "unparsed_rate": _pct([self.unparsed(r) for r in rows if "score" in r]),
+            "lenient_accuracy": _pct([_correct(r, "lenient_correct") for r in rows]),
         }
-        for key in by:
-            groups: dict[str, list[bool]] = {}
-            for r in scored:
-                groups.setdefault(str(r["meta"].get(key)), []).append(r["score"]["correct"])
-            out[f"by_{key}"] = {k: _pct(v) for k, v in sorted(groups.items())}
-        return out
 
 
-#: MVBench's video folder per task under `video/` (the layout of HF `OpenGVLab/MVBench`, as its README lists it)
+# --------------------------------------------------------------------------------------------------- MVBench
+#: MVBench's video folder per task under `video/` (OpenGVLab/Ask-Anything video_chat2/mvbench.ipynb
+#: `data_list`; `fine_grained_pose` ships as video there, `episodic_reasoning` as frame folders)
 MVBENCH_FOLDERS = {
     "action_sequence": "star/Charades_v1_480",
     "action_prediction": "star/Charades_v1_480",
@@ -136,6 +241,17 @@ MVBENCH_FOLDERS = {
     "episodic_reasoning": "tvqa/frames_fps3_hq",
     "counterfactual_inference": "clevrer/video_validation",
 }
+#: lmms-eval's folders where they differ (lmms_eval/tasks/mvbench/utils.py DATA_LIST); `*_segment` folders hold
+#: clips already cut to [start, end], which must not be trimmed a second time
+MVBENCH_LMMS_FOLDERS = {
+    "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment",
+    "object_interaction": "star/Charades_segment",
+    "action_localization": "sta/sta_video_segment",
+    "episodic_reasoning": "tvqa/video_fps3_hq_segment",
+    "fine_grained_pose": "nturgbd_convert",
+    "action_antonym": "ssv2_video_mp4",
+}
 #: tasks whose question is about the segment [start, end] (seconds) of the video, given in each item
 MVBENCH_BOUNDED = {
     "action_sequence",
@@ -144,19 +260,24 @@ MVBENCH_BOUNDED = {
     "action_localization",
     "episodic_reasoning",
 }
+#: frame folders are sampled at this rate (the notebook's `read_frame(..., fps=3)` for tvqa/frames_fps3_hq)
+MVBENCH_FRAME_FPS = 3.0
+
+
+def is_pre_cut(path: Path) -> bool:
+    return any(part.endswith("_segment") for part in path.parts)
 
 
 class MVBench(_MultipleChoice):
     """HF `OpenGVLab/MVBench`: `json/<task>.json` (lists of {video, question, candidates, answer[, start, end]})
-    and `video/<task folder>/<video>` (`MVBENCH_FOLDERS`). The STAR / STA / TVQA tasks (`MVBENCH_BOUNDED`) ask
-    about the [start, end] segment only. Metric: per-task accuracy and their mean (`accuracy`, MVBench's "Avg").
-    `episodic_reasoning` ships frame folders, not video files: those samples are recorded as errors."""
+    and `video/<task folder>/<video>` (`MVBENCH_FOLDERS`, or lmms-eval's `MVBENCH_LMMS_FOLDERS`). The STAR / STA /
+    TVQA tasks (`MVBENCH_BOUNDED`) ask about the [start, end] segment only (not re-cut in `*_segment` folders).
+    Official metric: `accuracy` = correct / items over all tasks (the notebook's "Avg"), `by_task`."""
 
     name = "mvbench"
     headline = ["accuracy"]
 
-    def load(self, data_dir):
-        root = Path(data_dir)
+    def _load(self, root):
         files = sorted(_require(root / "json", "MVBench json/ folder").glob("*.json"))
         if not files:
             raise FileNotFoundError(f"no MVBench task files in {root / 'json'}")
@@ -164,19 +285,36 @@ class MVBench(_MultipleChoice):
         samples = []
         for file in files:
             task = file.stem
-            for i, item in enumerate(_read_json(file)):
-                candidates = [str(c) for c in item["candidates"]]
-                answer = LETTERS[candidates.index(str(item["answer"]))]
+            self.annotation_files.append(str(file))
+            data = read_json(file)
+            if not isinstance(data, list):
+                raise AnnotationError(f"{file}: expected a list of items, got {type(data).__name__}")
+            for i, item in enumerate(data):
+                parsed = _candidates(self, file, i, item, None)
+                if parsed is None:
+                    continue
+                candidates, answer = parsed
                 rel = str(item["video"])
-                official = root / "video" / MVBENCH_FOLDERS.get(task, task) / rel
-                video = (
-                    official
-                    if official.is_file()
-                    else index.get(rel) or index.get(Path(rel).name) or official
+                folders = [MVBENCH_FOLDERS.get(task, task), MVBENCH_LMMS_FOLDERS.get(task)]
+                video = next(
+                    (root / "video" / f / rel for f in folders if f and (root / "video" / f / rel).exists()),
+                    None,
                 )
+                video = video or index.get(rel) or index.get(Path(rel).name)
+                video = video or root / "video" / MVBENCH_FOLDERS.get(task, task) / rel
                 window = None
-                if task in MVBENCH_BOUNDED and item.get("start") is not None and item.get("end") is not None:
-                    window = (float(item["start"]), float(item["end"]))
+                bounded = (
+                    task in MVBENCH_BOUNDED and item.get("start") is not None and item.get("end") is not None
+                )
+                if bounded and not is_pre_cut(video):
+                    try:
+                        window = (float(item["start"]), float(item["end"]))
+                    except (TypeError, ValueError):
+                        self._bad(
+                            file, i, rel, "start/end", f"not numbers: {item['start']!r}, {item['end']!r}"
+                        )
+                        continue
+                meta = {"task": task, "pre_cut": is_pre_cut(video)} if bounded else {"task": task}
                 samples.append(
                     Sample(
                         f"{task}/{i}",
@@ -184,7 +322,7 @@ class MVBench(_MultipleChoice):
                         str(item["question"]),
                         answer,
                         candidates,
-                        meta={"task": task},
+                        meta=meta,
                         window=window,
                     )
                 )
@@ -207,44 +345,88 @@ class MVBench(_MultipleChoice):
         options = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(sample.options))
         return f"Question: {sample.question}\nOptions:\n{options}\nOnly give the best option."
 
+    def score(self, sample, answer):
+        n = len(sample.options)
+        return {
+            "pred": _unique_letter(mvbench_official_correct, answer, n),
+            "correct": mvbench_official_correct(answer, sample.answer),
+            "lmms_correct": mvbench_lmms_correct(answer, sample.answer),
+            "lmms_answered": bool(answer),
+            **self._lenient(sample, answer),
+        }
+
     def aggregate(self, records):
-        out = self._mc_aggregate(records, ["task"])
-        out["overall_accuracy"] = out["accuracy"]
-        per_task = [v for v in out["by_task"].values() if v is not None]
-        out["accuracy"] = mean(per_task)
+        rows = _counted(records)
+        out = {"accuracy": _pct([_correct(r) for r in rows]), **self._base_metrics(records)}
+        out["by_task"] = _by(rows, "task")
+        out["task_mean"] = mean([v for v in out["by_task"].values() if v is not None])
+        out["tasks_with_errors"] = sorted({r["meta"]["task"] for r in rows if "error" in r})
+        # lmms-eval mvbench_aggregate_results: correct / answered (non-empty prediction)
+        answered = [r for r in rows if r.get("score", {}).get("lmms_answered")]
+        out["lmms_eval_accuracy"] = _pct([_correct(r, "lmms_correct") for r in answered])
         return out
 
 
+# ------------------------------------------------------------------------------------------------- Video-MME
+VIDEOMME_FIELDS = ("question_id", "question", "options", "answer")
+
+
 class VideoMME(_MultipleChoice):
-    """HF `lmms-eval/Video-MME`: `videomme/test-*.parquet` (or a JSON/JSONL with the same fields) and `data/<videoID>.mp4`.
-    Fields: videoID, question_id, duration, domain, sub_category, task_type, question, options ["A. ..."], answer.
-    Metric: accuracy, by duration (short/medium/long), domain and task type."""
+    """HF `lmms-eval/Video-MME` (`videomme/test-*.parquet`, or the same rows as JSON/JSONL) or the official grouped
+    JSON (`output_test_template.json`: [{video_id, duration, domain, sub_category, questions: [...]}]); videos
+    `data/<videoID>.mp4` (or `videos/`, `video/`, the data folder itself).
+    Official metric (eval_your_results.py): `accuracy` = correct / answered, where answered = a letter was
+    extracted; also `accuracy_all` (correct / all selected questions) and lmms-eval's `lmms_eval_accuracy`."""
 
     name = "videomme"
     headline = ["accuracy"]
+    #: Video-MME's official denominator leaves unanswered questions out, so errors mark the run incomplete
+    errors_leave_denominator = True
 
-    def load(self, data_dir):
-        root = Path(data_dir)
+    def _load(self, root):
         rows = self._rows(root)
         samples = []
-        for row in rows:
-            options = [strip_option_prefix(str(o)) for o in row["options"]]
-            samples.append(
-                Sample(
-                    str(row["question_id"]),
-                    _find_video([root / "data", root / "videos", root], str(row["videoID"])),
-                    str(row["question"]),
-                    str(row["answer"]).strip().upper()[:1],
-                    options,
-                    meta={k: row.get(k) for k in ("duration", "domain", "task_type", "videoID")},
+        source = Path(self.annotation_files[0])
+        folders = [root / "data", root / "videos", root / "video", root]
+        for i, row in enumerate(rows):
+            qid = row.get("question_id") if isinstance(row, dict) else None
+            if not isinstance(row, dict):
+                self._bad(source, i, None, "(entry)", f"expected an object, got {type(row).__name__}")
+                continue
+            missing = [k for k in VIDEOMME_FIELDS if row.get(k) is None]
+            if missing:
+                self._bad(source, i, qid, missing[0], "missing")
+                continue
+            raw_options = row["options"]
+            if hasattr(raw_options, "tolist"):  # a numpy array from parquet
+                raw_options = raw_options.tolist()
+            if not isinstance(raw_options, list) or len(raw_options) < 2:
+                self._bad(source, i, qid, "options", f"expected a list of options, got {raw_options!r}")
+                continue
+            options = [strip_option_prefix(str(o)) for o in raw_options]
+            answer = str(row["answer"]).strip()
+            if answer not in LETTERS[: len(options)] or len(answer) != 1:
+                self._bad(
+                    source,
+                    i,
+                    qid,
+                    "answer",
+                    f"{row['answer']!r} is not a letter of the {len(options)} options",
                 )
-            )
+                continue
+            video_name = str(row.get("videoID") or row.get("video_id") or "")
+            if not video_name:
+                self._bad(source, i, qid, "videoID", "missing")
+                continue
+            video = _find_video(folders, [video_name]) or _expected(folders[0], video_name)
+            meta = {k: row.get(k) for k in ("duration", "domain", "sub_category", "task_type", "videoID")}
+            meta["videoID"] = video_name
+            samples.append(Sample(str(qid), video, str(row["question"]), answer, options, meta=meta))
         return samples
 
-    @staticmethod
-    def _rows(root: Path) -> list[dict[str, Any]]:
+    def _rows(self, root: Path) -> list[Any]:
         folder = root / "videomme"
-        parquets = sorted(folder.glob("*.parquet"))
+        parquets = sorted(folder.glob("*.parquet")) or sorted(root.glob("test-*.parquet"))
         if parquets:
             try:
                 import pandas as pd
@@ -253,16 +435,19 @@ class VideoMME(_MultipleChoice):
                     "reading Video-MME's parquet needs pandas and pyarrow (pip install pandas pyarrow), "
                     "or convert it to videomme/test.json"
                 ) from exc
-
+            self.annotation_files += [str(p) for p in parquets]
             return [r for p in parquets for r in pd.read_parquet(p).to_dict("records")]
-        for name in ("test.json", "test.jsonl"):
-            path = folder / name
+        candidates = [folder / "test.json", folder / "test.jsonl", root / "test.json", root / "test.jsonl"]
+        candidates += [root / "output_test_template.json", folder / "output_test_template.json"]
+        candidates += [root / "evaluation" / "output_test_template.json"]
+        for path in candidates:
             if path.is_file():
-                if name.endswith(".jsonl"):
-                    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-                return _read_json(path)
+                self.annotation_files.append(str(path))
+                data = read_jsonl_file(path) if path.suffix == ".jsonl" else read_json(path)
+                return flatten_videomme(data, path)
         raise FileNotFoundError(
-            f"no Video-MME annotations in {folder} (test-*.parquet, test.json or test.jsonl)"
+            f"no Video-MME annotations in {root}: expected videomme/test-*.parquet, videomme/test.json(l) or the "
+            "official grouped output_test_template.json (see docs/evaluation.md)"
         )
 
     def prompt(self, sample):
@@ -273,18 +458,59 @@ class VideoMME(_MultipleChoice):
             f"{sample.question}\n{options}\nAnswer with the option's letter from the given choices directly."
         )
 
+    def score(self, sample, answer):
+        official = videomme_official_letter(answer)
+        lmms = videomme_lmms_letter(answer)
+        return {
+            "pred": official or None,
+            "correct": official == sample.answer,
+            "lmms_pred": lmms or None,
+            # lmms-eval videomme_process_results compares case-insensitively
+            "lmms_correct": lmms.lower() == sample.answer.lower(),
+            **self._lenient(sample, answer),
+        }
+
     def aggregate(self, records):
-        return self._mc_aggregate(records, ["duration", "domain", "task_type"])
+        rows = _counted(records)
+        answered = [r for r in rows if "score" in r and r["score"].get("pred")]
+        out: dict[str, Any] = {
+            # eval_your_results.py: correct / answered, overall and per duration / domain / sub-category / task type
+            "accuracy": _pct([_correct(r) for r in answered]),
+            "answered": len(answered),
+            "accuracy_all": _pct([_correct(r) for r in rows]),
+            # lmms-eval videomme_aggregate_results: every question counts
+            "lmms_eval_accuracy": _pct([_correct(r, "lmms_correct") for r in rows]),
+            **self._base_metrics(records),
+        }
+        for key in ("duration", "domain", "sub_category", "task_type"):
+            out[f"by_{key}"] = _by(answered, key)
+        return out
 
 
+def flatten_videomme(data: Any, path: Path) -> list[dict[str, Any]]:
+    """Video-MME rows from the flat form (one row per question) or the official grouped form
+    ([{video_id, duration, domain, sub_category, questions: [{question_id, task_type, question, options, answer,
+    response?}]}], BradyFU/Video-MME evaluation/output_test_template.json)."""
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: expected a list, got {type(data).__name__}")
+    rows: list[Any] = []
+    for video in data:
+        if isinstance(video, dict) and isinstance(video.get("questions"), list):
+            shared = {k: v for k, v in video.items() if k != "questions"}
+            rows += [{**shared, **q} if isinstance(q, dict) else q for q in video["questions"]]
+        else:
+            rows.append(video)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------- VideoComp
 class VideoComp(_MultipleChoice):
-    """`activitynet_comp_val.json` / `youcook2_comp_val.json` (lists of {video_id, question, answer, key,
-    query_video/start_time, query_video/end_time, options?}). Videos: the full source videos,
-    `activitynet_video/v_<video_id>.{mp4,mkv,webm}` and `raw_videos/video/<video_id>.{mp4,mkv,webm}` (ActivityNet
-    Captions / YouCook2 as downloaded), of which only the query window is sampled (the times are microseconds);
-    or already-trimmed clips `videos/[<subset>/]<key>.mp4`, used whole. `question` holds the captions as lettered
-    options unless an `options` list is given; `answer` is the letter or the correct option's text.
-    Metric: accuracy per subset (Act, YC)."""
+    """`activitynet_comp_val.json` / `youcook2_comp_val.json` (google-deepmind/video_comp: lists of {key, video_id,
+    type, query_video/start_time, query_video/end_time, question, answer, ...}). Videos: the full source videos,
+    `activitynet_video/v_<video_id>.{mp4,mkv,webm}` and `raw_videos/video/<video_id>.{mp4,mkv,webm}`, of which only
+    the query window is sampled (times in microseconds); or already-trimmed clips `videos/[<subset>/]<key>.mp4`.
+    Official rule (README): exact match `answer == output` or `"(answer)" == output`. Metrics: accuracy per subset
+    (Act, YC; headline), per disruption `type`, and the official "all" = product of the per-type accuracies."""
 
     name = "videocomp"
     headline = ["activitynet", "youcook2"]
@@ -292,63 +518,81 @@ class VideoComp(_MultipleChoice):
     SOURCE_FOLDERS = {"activitynet": ("activitynet_video", "v_"), "youcook2": ("raw_videos/video", "")}
     MICROSECONDS = 1_000_000
 
-    def load(self, data_dir):
-        root = Path(data_dir)
+    def _load(self, root):
         samples = []
         for subset, filename in self.SUBSETS.items():
             path = root / filename
             if not path.is_file():
                 continue
-            folders = [root / "videos" / subset, root / "videos"]
+            self.annotation_files.append(str(path))
+            data = read_json(path)
+            if not isinstance(data, list):
+                raise AnnotationError(f"{path}: expected a list of items, got {type(data).__name__}")
             source_folder, prefix = self.SOURCE_FOLDERS[subset]
-            for i, item in enumerate(_read_json(path)):
-                options = [str(o) for o in item.get("options", [])]
-                inline = not options
-                if inline:  # captions written into the question as "(A) ..." lines: parse them for scoring
-                    options = re.findall(
-                        r"^\s*\(?[A-Z][\).]\s*(.+?)\s*$", str(item["question"]), re.MULTILINE
-                    )
-                answer = str(item["answer"]).strip()
-                if options and answer not in LETTERS[: len(options)]:
-                    answer = LETTERS[options.index(answer)]
-                key = str(item.get("key") or item["video_id"])
-                video_id = str(item["video_id"])
-                window = None
-                video = _find_video(folders, key)  # a trimmed clip: used whole
-                if not video.is_file():
-                    names = (
-                        [f"{prefix}{video_id}", video_id]
-                        if prefix and not video_id.startswith(prefix)
-                        else [video_id]
-                    )
-                    video = _find_existing([root / source_folder], names) or _find_video(
-                        [root / source_folder], names[0]
-                    )
-                    window = self._window(item)
-                meta = {
-                    "subset": subset,
-                    "inline_options": inline,
-                    "start": item.get("query_video/start_time"),
-                    "end": item.get("query_video/end_time"),
-                }
-                samples.append(
-                    Sample(
-                        f"{subset}/{key}/{i}",
-                        video,
-                        str(item["question"]),
-                        answer,
-                        options,
-                        meta=meta,
-                        window=window,
-                    )
-                )
-        if not samples:
+            for i, item in enumerate(data):
+                sample = self._sample(root, path, subset, i, item, source_folder, prefix)
+                if sample is not None:
+                    samples.append(sample)
+        if not samples and not self.annotation_files:
             raise FileNotFoundError(f"neither of {sorted(self.SUBSETS.values())} found in {root}")
         return samples
 
+    def _sample(self, root, path, subset, i, item, source_folder, prefix) -> Sample | None:
+        if not isinstance(item, dict):
+            self._bad(path, i, None, "(entry)", f"expected an object, got {type(item).__name__}")
+            return None
+        key = item.get("key")
+        for name in ("video_id", "question", "answer"):
+            if item.get(name) in (None, ""):
+                self._bad(path, i, key, name, "missing")
+                return None
+        options = [str(o) for o in item.get("options", [])]
+        inline = not options
+        if (
+            inline
+        ):  # the captions written into the question as "(A) ..." lines: parsed for the prompt/diagnostic
+            options = re.findall(r"^\s*\(?[A-Z][\).]\s*(.+?)\s*$", str(item["question"]), re.MULTILINE)
+        official_answer = str(item["answer"])
+        answer = official_answer.strip()
+        if options and answer not in LETTERS[: len(options)]:
+            if answer not in options:
+                self._bad(
+                    path, i, key, "answer", f"{answer!r} is neither an option letter nor an option's text"
+                )
+                return None
+            answer = LETTERS[options.index(answer)]
+        video_id = str(item["video_id"])
+        key = str(key or video_id)
+        window = None
+        video = _find_video([root / "videos" / subset, root / "videos"], [key])  # a trimmed clip: used whole
+        if video is None:
+            names = (
+                [f"{prefix}{video_id}", video_id]
+                if prefix and not video_id.startswith(prefix)
+                else [video_id]
+            )
+            video = _find_video([root / source_folder], names) or _expected(root / source_folder, names[0])
+            window = self._window(item)
+        meta = {
+            "subset": subset,
+            "type": item.get("type"),
+            "inline_options": inline,
+            "official_answer": official_answer,
+            "start": item.get("query_video/start_time"),
+            "end": self._end(item),
+        }
+        return Sample(
+            f"{subset}/{key}/{i}", video, str(item["question"]), answer, options, meta=meta, window=window
+        )
+
+    @staticmethod
+    def _end(item: dict[str, Any]) -> Any:
+        # the README spells it `query_videl/end_time`; the released files use `query_video/end_time`
+        return item.get("query_video/end_time", item.get("query_videl/end_time"))
+
     @classmethod
     def _window(cls, item: dict[str, Any]) -> tuple[float | None, float | None] | None:
-        start, end = item.get("query_video/start_time"), item.get("query_video/end_time")
+        start, end = item.get("query_video/start_time"), cls._end(item)
         if start is None and end is None:
             return None
         return tuple(None if t is None else float(t) / cls.MICROSECONDS for t in (start, end))
@@ -361,10 +605,106 @@ class VideoComp(_MultipleChoice):
             body = sample.question
         return f"{body}\nAnswer with the option's letter from the given choices directly."
 
+    def score(self, sample, answer):
+        official = sample.meta.get("official_answer", sample.answer)
+        correct = videocomp_official_correct(answer, official)
+        # the pred loyalty compares: the letter the exact-match rule accepts, if any
+        pred = None
+        for letter in LETTERS[: max(len(sample.options), 1)]:
+            if answer is not None and answer in (letter, f"({letter})"):
+                pred = letter
+        if correct and pred is None:
+            pred = sample.answer
+        return {"pred": pred, "correct": correct, **self._lenient(sample, answer)}
+
     def aggregate(self, records):
-        out = self._mc_aggregate(records, ["subset"])
+        rows = _counted(records)
+        out: dict[str, Any] = {"accuracy": _pct([_correct(r) for r in rows]), **self._base_metrics(records)}
+        out["by_subset"] = _by(rows, "subset")
         for subset in self.SUBSETS:
-            out[subset] = out["by_subset"].get(subset)
+            subset_rows = [r for r in rows if r["meta"].get("subset") == subset]
+            out[subset] = _pct([_correct(r) for r in subset_rows])
+            by_type = _by([r for r in subset_rows if r["meta"].get("type") is not None], "type")
+            out[f"{subset}_by_type"] = by_type
+            out[f"{subset}_all"] = self.product(by_type)
+        out["by_type"] = _by([r for r in rows if r["meta"].get("type") is not None], "type")
+        out["all"] = self.product(out["by_type"])
+        return out
+
+    @staticmethod
+    def product(by_type: dict[str, float | None]) -> float | None:
+        """README: "all" = the product of the per-type binary accuracies (as fractions), reported in %."""
+        values = [v for v in by_type.values() if v is not None]
+        return 100.0 * math.prod(v / 100.0 for v in values) if values else None
+
+
+# ------------------------------------------------------------------------------------------------------ MLVU
+class MLVU(_MultipleChoice):
+    """MLVU dev, multiple-choice tasks (HF `MLVU/MVLU`): `json/<n>_<task>.json` (lists of {video, duration,
+    question, candidates, answer, question_type}) and `video/<n>_<task>/<video>` (also under `MLVU/`).
+    Official rule (JUNJIE99/MLVU evaluation/multiple_choice_evaluation/choice_bench.py `check_ans`): cut the answer
+    to the character before its first ")" (if any), then compare with the letter. Metrics: `by_task` and `m_avg`
+    (mean over tasks, the paper's M-Avg; headline), `accuracy` over items."""
+
+    name = "mlvu"
+    headline = ["m_avg"]
+    #: the dev-set multiple-choice files; 8_sub_scene / 9_summary are generation tasks (judged), not read
+    GENERATION_TASKS = ("8_sub_scene", "9_summary")
+
+    def _load(self, root):
+        base = next((r for r in (root, root / "MLVU") if (r / "json").is_dir()), None)
+        if base is None:
+            raise FileNotFoundError(f"MLVU json/ folder not found in {root} (see docs/evaluation.md)")
+        files = [f for f in sorted((base / "json").glob("*.json")) if f.stem not in self.GENERATION_TASKS]
+        if not files:
+            raise FileNotFoundError(f"no MLVU multiple-choice task files in {base / 'json'}")
+        samples = []
+        for file in files:
+            self.annotation_files.append(str(file))
+            data = read_json(file)
+            if not isinstance(data, list):
+                raise AnnotationError(f"{file}: expected a list of items, got {type(data).__name__}")
+            bare = re.sub(r"^\d+_", "", file.stem)
+            folders = [base / "video" / file.stem, base / "video" / bare, base / "video"]
+            for i, item in enumerate(data):
+                parsed = _candidates(self, file, i, item, None)
+                if parsed is None:
+                    continue
+                candidates, answer = parsed
+                name = str(item["video"])
+                video = _find_video(folders, [name]) or _expected(folders[0], name)
+                task = str(item.get("question_type") or bare)
+                samples.append(
+                    Sample(
+                        f"{file.stem}/{i}",
+                        video,
+                        str(item["question"]),
+                        answer,
+                        candidates,
+                        meta={"task": task},
+                    )
+                )
+        return samples
+
+    def prompt(self, sample):
+        # the official qa_template: "Question: ...\nOptions:\n(A) ...", then "Only give the best option."
+        options = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(sample.options))
+        return f"Question: {sample.question}\nOptions:\n{options}\nOnly give the best option."
+
+    def score(self, sample, answer):
+        return {
+            "pred": _unique_letter(mlvu_official_correct, answer, len(sample.options)),
+            "correct": mlvu_official_correct(answer, sample.answer),
+            **self._lenient(sample, answer),
+        }
+
+    def aggregate(self, records):
+        rows = _counted(records)
+        out: dict[str, Any] = {**self._base_metrics(records)}
+        out["by_task"] = _by(rows, "task")
+        # choice_bench.py: final_res["Avg"] = mean of the per-task accuracies
+        out["m_avg"] = mean([v for v in out["by_task"].values() if v is not None])
+        out["accuracy"] = _pct([_correct(r) for r in rows])
         return out
 
 
@@ -372,62 +712,121 @@ class VideoComp(_MultipleChoice):
 EH_SPLITS = ("entire", "interleave", "misleading")
 EH_DESC_PROMPT = "Please describe this video in detail."
 EH_BINARY_SUFFIX = "\nPlease answer yes or no:"  # the official inference scripts' suffix
+#: question files per split, the current one first: upstream master replaced interleave_questions.json by
+#: mix_questions.json (Dec 2024)
+EH_FILES = {
+    "entire": ["entire_questions.json"],
+    "interleave": ["mix_questions.json", "interleave_questions.json"],
+    "misleading": ["misleading_questions.json"],
+}
+#: the video folder names a split may have (`videos/interleave/` in the released archive, `videos/mix/` too)
+EH_FOLDERS = {"entire": ["entire"], "interleave": ["interleave", "mix"], "misleading": ["misleading"]}
+
+
+def eh_video_key(name: str) -> str:
+    """One key for a video however a file names it: "mix_001", "interleave_001", "mix_001.mp4" -> "interleave_001"."""
+    stem = Path(name).stem if Path(name).suffix.lower() in VIDEO_EXTENSIONS else name
+    return re.sub(r"^(mix|interleave)_", "interleave_", stem)
+
+
+def eh_split(name: str) -> str:
+    return "interleave" if name == "mix" else name
 
 
 class EventHallusion(Benchmark):
-    """`questions/{entire,interleave|mix,misleading}_questions.json` and `videos/<split>/<id>.mp4` (or `videos/<id>.mp4`).
-    The newer `mix_questions.json` replaces `interleave_questions.json`; its ids `mix_NNN` name the videos
-    `videos/interleave/interleave_NNN.mp4`.
+    """`questions/{entire,mix|interleave,misleading}_questions.json` (or the files directly in the data folder) and
+    `videos/<split>/<name>.mp4`, `<split>/<name>.mp4` or `videos/<name>.mp4`; the interleave split's videos may be
+    `interleave_NNN` or `mix_NNN`, in `interleave/` or `mix/`. Entries name their video by `id`, or by `video_name`
+    when `id` is empty (the Dec-2024 mix_questions.json).
 
-    Binary: correct iff the lower-cased answer starts with "yes"/"no" and equals the ground truth (the official
-    eval.py rule, `eventhallusion_yes_no`); answers that start with neither are wrong and counted in `unparsed_rate`. Reported per split and overall, with
-    the yes-rate. Description (one per video): judged by an LLM; without a judge it is reported as skipped."""
+    Binary: Stevetich/EventHallusion eval.py (`eventhallusion_yes_no`), per split and overall; errors count as
+    wrong. Description (one per entire / interleave video; the current eval.py and the SToP authors' loader leave
+    the misleading videos out): judged by an LLM; without a judge it is reported as skipped."""
 
     name = "eventhallusion"
     headline = ["binary_accuracy", "desc_accuracy"]
     max_new_tokens = 16
     desc_max_new_tokens = 256
+    DESC_SPLITS = ("entire", "interleave")
 
-    def load(self, data_dir):
-        root = Path(data_dir)
-        qdir = _require(root / "questions", "EventHallusion questions/ folder")
-        samples = []
-        for split in EH_SPLITS:
-            names = [f"{split}_questions.json"] + (["mix_questions.json"] if split == "interleave" else [])
-            path = next((qdir / n for n in names if (qdir / n).is_file()), None)
-            if path is None:
+    def _question_files(self, root: Path) -> dict[str, Path]:
+        folders = [root / "questions", root]
+        found: dict[str, Path] = {}
+        for split, names in EH_FILES.items():
+            present = [f / n for f in folders for n in names if (f / n).is_file()]
+            if not present:
                 continue
-            for entry in _read_json(path):
-                vid = str(entry["id"])
-                folders = [root / "videos" / split, root / "videos", root]
-                stems = [vid, vid.replace("mix", "interleave", 1)] if vid.startswith("mix") else [vid]
-                video = _find_existing(folders, stems) or _find_video(folders, stems[-1])
-                info = entry.get("event_info", {})
-                meta = {"split": split, "video_id": vid}
-                for j, q in enumerate(entry.get("questions", [])):
-                    gt = eventhallusion_yes_no(str(q["answer"]))
-                    samples.append(
-                        Sample(
-                            f"{split}/{vid}/q{j}",
-                            video,
-                            str(q["question"]),
-                            gt or "",
-                            kind="binary",
-                            meta=meta,
-                        )
-                    )
-                samples.append(
-                    Sample(
-                        f"{split}/{vid}/desc",
-                        video,
-                        EH_DESC_PROMPT,
-                        json.dumps(info, sort_keys=True),
-                        kind="judge",
-                        meta={**meta, "event_info": info},
-                    )
+            found[split] = present[0]
+            if len({p.name for p in present}) > 1:
+                self.notes.append(
+                    f"both {present[0].name} and {present[-1].name} exist: using the current {present[0].name}"
                 )
-        if not samples:
-            raise FileNotFoundError(f"no EventHallusion question files in {qdir}")
+        return found
+
+    def _load(self, root):
+        files = self._question_files(root)
+        if not files:
+            raise FileNotFoundError(
+                f"no EventHallusion question files in {root / 'questions'} or {root} "
+                "(see docs/evaluation.md for the expected layout)"
+            )
+        samples = []
+        for split, path in files.items():
+            self.annotation_files.append(str(path))
+            data = read_json(path)
+            if not isinstance(data, list):
+                raise AnnotationError(f"{path}: expected a list of videos, got {type(data).__name__}")
+            folders = [root / "videos" / f for f in EH_FOLDERS[split]] + [root / f for f in EH_FOLDERS[split]]
+            folders += [root / "videos", root]
+            for i, entry in enumerate(data):
+                samples += self._entry_samples(path, split, i, entry, folders)
+        return samples
+
+    def _entry_samples(self, path, split, i, entry, folders) -> list[Sample]:
+        if not isinstance(entry, dict):
+            self._bad(path, i, None, "(entry)", f"expected an object, got {type(entry).__name__}")
+            return []
+        name = str(entry.get("id") or "").strip() or str(entry.get("video_name") or "").strip()
+        if not name:
+            self._bad(path, i, None, "id/video_name", "both empty: the entry names no video")
+            return []
+        vid = Path(name).stem if Path(name).suffix.lower() in VIDEO_EXTENSIONS else name
+        key = eh_video_key(vid)
+        stems = list(dict.fromkeys([name, vid, key, re.sub(r"^interleave_", "mix_", key)]))
+        questions = entry.get("questions")
+        if not isinstance(questions, list) or not questions:
+            self._bad(path, i, vid, "questions", "missing or empty")
+            return []
+        parsed = []
+        for j, q in enumerate(questions):
+            if not isinstance(q, dict) or not str(q.get("question") or "").strip():
+                self._bad(path, i, vid, f"questions[{j}].question", "missing")
+                return []
+            gt = eventhallusion_ground_truth(q.get("answer"))
+            if gt is None:
+                self._bad(
+                    path, i, vid, f"questions[{j}].answer", f"{q.get('answer')!r} is not 'Yes.' or 'No.'"
+                )
+                return []
+            parsed.append((str(q["question"]), gt))
+        video = _find_video(folders, stems) or _expected(folders[0], vid)
+        meta = {"split": split, "video_id": vid, "video_key": key}
+        samples = [
+            Sample(f"{split}/{vid}/q{j}", video, question, gt, kind="binary", meta=meta)
+            for j, (question, gt) in enumerate(parsed)
+        ]
+        if split in self.DESC_SPLITS:
+            info = entry.get("event_info") if isinstance(entry.get("event_info"), dict) else {}
+            samples.append(
+                Sample(
+                    f"{split}/{vid}/desc",
+                    video,
+                    EH_DESC_PROMPT,
+                    json.dumps(info, sort_keys=True),
+                    kind="judge",
+                    meta={**meta, "event_info": info},
+                )
+            )
         return samples
 
     def prompt(self, sample):
@@ -454,40 +853,39 @@ class EventHallusion(Benchmark):
             f"Model description: {answer}\n{question} Answer with only 'yes' or 'no'."
         )
 
-    def judge_score(self, sample: Sample, verdict: str) -> dict[str, Any]:
+    def judge_score(self, sample: Sample, verdict: str | None) -> dict[str, Any]:
         pred = judge_verdict(verdict)
         return {"pred": pred, "correct": pred == "yes", "verdict": verdict}
 
     def aggregate(self, records):
-        binary = [r for r in self.scored(records) if r["kind"] == "binary"]
-        desc = [r for r in self.scored(records) if r["kind"] == "judge"]
+        binary = [r for r in records if r["kind"] == "binary"]
+        desc = [r for r in _counted(records) if r["kind"] == "judge"]
+        scored = [r for r in binary if "score" in r]
         out: dict[str, Any] = {
-            "binary_accuracy": _pct([r["score"]["correct"] for r in binary]),
+            # eval.py: correct / all questions (an errored question is wrong, never dropped)
+            "binary_accuracy": _pct([_correct(r) for r in binary]),
             "binary_n": len(binary),
-            "yes_rate": _pct([r["score"]["pred"] == "yes" for r in binary]),
-            "unparsed_rate": _pct([r["score"]["pred"] is None for r in binary]),
+            "yes_rate": _pct([r["score"]["pred"] == "yes" for r in scored]),
+            "unparsed_rate": _pct([r["score"]["pred"] is None for r in scored]),
         }
         for split in EH_SPLITS:
             rows = [r for r in binary if r["meta"]["split"] == split]
             if rows:
-                out[f"binary_{split}"] = _pct([r["score"]["correct"] for r in rows])
-                out[f"yes_rate_{split}"] = _pct([r["score"]["pred"] == "yes" for r in rows])
+                out[f"binary_{split}"] = _pct([_correct(r) for r in rows])
+                out[f"yes_rate_{split}"] = _pct([r["score"]["pred"] == "yes" for r in rows if "score" in r])
         # balanced accuracy over the ground-truth classes (each split is single-polarity)
-        per_class = [
-            _pct([r["score"]["correct"] for r in binary if r["score"].get("gt", None) == c])
-            for c in ("yes", "no")
-        ]
+        per_class = [_pct([_correct(r) for r in binary if r.get("gt") == c]) for c in ("yes", "no")]
         per_class = [p for p in per_class if p is not None]
         out["binary_balanced_accuracy"] = mean(per_class) if per_class else None
         skipped = [r for r in records if r.get("skipped") and r["kind"] == "judge"]
         if desc:
-            out["desc_accuracy"] = _pct([r["score"]["correct"] for r in desc])
+            out["desc_accuracy"] = _pct([_correct(r) for r in desc])
             out["desc_n"] = len(desc)
-            for split in EH_SPLITS:
+            for split in self.DESC_SPLITS:
                 rows = [r for r in desc if r["meta"]["split"] == split]
                 if rows:
-                    out[f"desc_{split}"] = _pct([r["score"]["correct"] for r in rows])
-            correct = sum(r["score"]["correct"] for r in binary) + sum(r["score"]["correct"] for r in desc)
+                    out[f"desc_{split}"] = _pct([_correct(r) for r in rows])
+            correct = sum(_correct(r) for r in binary) + sum(_correct(r) for r in desc)
             out["overall_accuracy"] = 100.0 * correct / (len(binary) + len(desc))
         else:
             out["desc_accuracy"] = "skipped" if skipped else None
@@ -497,7 +895,7 @@ class EventHallusion(Benchmark):
 
 
 REGISTRY: dict[str, type[Benchmark]] = {
-    cls.name: cls for cls in (EventHallusion, VideoComp, MVBench, VideoMME)
+    cls.name: cls for cls in (EventHallusion, VideoComp, MVBench, VideoMME, MLVU)
 }
 
 

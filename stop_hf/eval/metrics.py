@@ -1,4 +1,8 @@
-"""Pure answer parsing and scoring helpers (no model, no I/O)."""
+"""Pure answer parsing and scoring rules (no model, no I/O).
+
+Each benchmark's *official* rule is implemented here from its published scorer; the source is cited beside each
+rule. `mc_letter` is our own lenient parser, kept only as a diagnostic (`lenient_*` metrics), never the headline.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ import string
 LETTERS = string.ascii_uppercase
 
 
+# --------------------------------------------------------------------------------------------- EventHallusion
 def eventhallusion_yes_no(text: str | None) -> str | None:
-    """EventHallusion's own binary rule: the lower-cased answer *starts with* "yes" or "no" (so "Yes, because..." is
-    yes, and "Nothing" counts as no, exactly as the official eval.py does); anything else is unparsed (None).
-    Only surrounding whitespace is stripped: the official predictions are stripped decodes too."""
+    """EventHallusion's binary rule: the lower-cased answer *starts with* "yes" or "no" (so "Yes, because..." is
+    yes, and "Nothing" counts as no); anything else is unparsed (None).
+    Rule: Stevetich/EventHallusion eval.py `extract_pred` (lower(), startswith "yes" / "no"; nothing is stripped,
+    so " yes" is unparsed; stop-hf's own answers are stripped decodes already)."""
     if not text:
         return None
-    lowered = text.strip().lower()
+    lowered = text.lower()
     if lowered.startswith("yes"):
         return "yes"
     if lowered.startswith("no"):
@@ -23,11 +29,156 @@ def eventhallusion_yes_no(text: str | None) -> str | None:
 
 
 def judge_verdict(text: str | None) -> str | None:
-    """A judge's yes/no verdict, read as EventHallusion's eval.py reads GPT's: drop "*" (bold), lower-case,
-    starts with yes/no."""
+    """A judge's yes/no verdict, read as EventHallusion's eval.py `extract_yes_no_gpt` reads GPT's: drop "*"
+    (bold), lower-case, starts with yes/no (Stevetich/EventHallusion eval.py)."""
     return eventhallusion_yes_no((text or "").replace("*", ""))
 
 
+def eventhallusion_ground_truth(answer: object) -> str | None:
+    """The annotation's "Yes." / "No." as yes/no; None for anything else (a broken entry, e.g. "N")."""
+    value = str(answer).strip().lower().rstrip(".")
+    return value if value in ("yes", "no") else None
+
+
+# ------------------------------------------------------------------------------------------------- Video-MME
+# BradyFU/Video-MME README -> thanku-all/parse_answer eval_your_results.py `extract_characters_regex`. The list
+# is reproduced as the official code evaluates it: two missing commas there concatenate neighbouring prefixes
+# ("The best option isThe correct option is", "Best answer:Best option:"), so those two never match on their own.
+_VIDEOMME_OFFICIAL_PREFIXES = (
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option isThe correct option is",
+    "Best answer:Best option:",
+    "Answer:",
+    "Option:",
+    "The correct answer",
+    "The correct option",
+)
+# lmms-eval <= 0.6 lmms_eval/tasks/videomme/utils.py `extract_characters_regex` (before PR #1274, 2026-04): the
+# same scan with a shorter prefix list (what most video-LLM papers report, through lmms-eval).
+_VIDEOMME_LMMS_PREFIXES = (
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option isThe correct option is",
+    "Best answer:Best option:",
+)
+
+
+def _videomme_scan(text: str | None, prefixes: tuple[str, ...]) -> str:
+    if text is None:
+        return ""
+    s = text.strip()
+    for prefix in prefixes:
+        s = s.replace(prefix, "")
+    # more than 10 words and no capital A-D anywhere: no answer
+    if len(s.split()) > 10 and not re.search("[ABCD]", s):
+        return ""
+    match = re.search("[ABCD]", s)  # the first capital A-D anywhere ("Berries." -> B)
+    return match[0] if match else ""
+
+
+def videomme_official_letter(text: str | None) -> str:
+    """Video-MME's official extraction (eval_your_results.py): "" when nothing is extracted."""
+    return _videomme_scan(text, _VIDEOMME_OFFICIAL_PREFIXES)
+
+
+def videomme_lmms_letter(text: str | None) -> str:
+    """lmms-eval's (<= 0.6) Video-MME extraction: "" when nothing is extracted."""
+    return _videomme_scan(text, _VIDEOMME_LMMS_PREFIXES)
+
+
+# --------------------------------------------------------------------------------------------------- MVBench
+def mvbench_official_correct(text: str | None, gt_letter: str) -> bool:
+    """MVBench's `check_ans` (OpenGVLab/Ask-Anything video_chat2/mvbench.ipynb; the guarded form that the
+    VideoChat2-derived evaluators, e.g. PLLaVA tasks/eval/mvbench, ship): the ground truth is "(X) text"; the
+    prediction's first space-separated token, lower-cased, is its option. Correct iff that token contains a letter
+    a-g and (token without "." is a substring of "(x)", or "(x)" is a substring of the token).
+    The notebook prefixes the model output with "(" (its "Best option:(" prompt); stop-hf does not put words in
+    the model's mouth, so the rule runs on the answer as generated ("A", "(A)", "A.", "A)" all count)."""
+    option = (text or "").lower().split(" ")[0]
+    gt_option = f"({gt_letter.lower()})"
+    if not any(c in option for c in "abcdefg"):
+        return False  # "model doesn't follow instructions"
+    return option.replace(".", "") in gt_option or gt_option in option
+
+
+_LMMS_PUNCT = [
+    ";",
+    r"/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
+_LMMS_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_LMMS_COMMA = re.compile(r"(\d)(\,)(\d)")
+
+
+def _lmms_mvbench_process(answer: str) -> str:
+    """lmms-eval lmms_eval/tasks/mvbench/utils.py `mcq_acc.process` (commit 75571cfe)."""
+    match = re.match(r"^([A-E])\.\s*(.+)$", answer.strip(), re.IGNORECASE)
+    if match:
+        return match.group(1).upper()
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    out = text
+    for p in _LMMS_PUNCT:
+        if (p + " " in text or " " + p in text) or re.search(_LMMS_COMMA, text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _LMMS_PERIOD.sub("", out, 32)  # lmms-eval passes re.UNICODE (32) as `count`
+    out = out.strip("'").strip('"').strip(")").strip("(").strip().lower()
+    letter = re.search(r"\b([A-E])\b", out, re.IGNORECASE)
+    return letter.group(1).upper() if letter else out
+
+
+def mvbench_lmms_correct(text: str | None, gt_letter: str) -> bool:
+    """lmms-eval's MVBench `mcq_acc(gt_letter, pred)`: both sides processed, then compared."""
+    return _lmms_mvbench_process(text or "") == _lmms_mvbench_process(gt_letter)
+
+
+# ------------------------------------------------------------------------------------------------- VideoComp
+def videocomp_official_correct(text: str | None, answer: str) -> bool:
+    """google-deepmind/video_comp README "Evaluation and Metrics": the output matches iff
+    `f"{answer}" == result or f"({answer})" == result` (exact string equality, nothing stripped or parsed)."""
+    return text is not None and (text == f"{answer}" or text == f"({answer})")
+
+
+# ------------------------------------------------------------------------------------------------------ MLVU
+def mlvu_official_option(text: str | None) -> str:
+    """JUNJIE99/MLVU evaluation/multiple_choice_evaluation/choice_bench.py `check_ans`: if the prediction holds
+    ")", it is cut to the one character before the first ")"; the result is compared with the letter as is."""
+    pred = text or ""
+    if ")" in pred:
+        i = pred.index(")")
+        pred = pred[i - 1 : i] if i > 0 else ""  # the official slice; at index 0 it is empty
+    return pred
+
+
+def mlvu_official_correct(text: str | None, gt_letter: str) -> bool:
+    return mlvu_official_option(text) == gt_letter
+
+
+# ---------------------------------------------------------------------------------- lenient (diagnostic only)
 def normalize_text(text: str) -> str:
     text = text.lower().strip()
     text = re.sub(r"^\(?[a-z][\).:]\s+", "", text)  # a leading "(a) " / "a. " option marker
@@ -57,8 +208,9 @@ def _letter(pattern: str, text: str, valid: set[str]) -> str | None:
 
 
 def mc_letter(text: str | None, options: list[str] | None = None) -> str | None:
-    """The chosen option letter in an answer: "A", "(A)", "A.", "A) text", "Answer: A", "The answer is (B)", "b",
-    or, failing that, the option whose text the answer equals / contains. None when nothing matches."""
+    """stop-hf's lenient parser (a diagnostic, not any benchmark's official rule): "A", "(A)", "A.", "A) text",
+    "Answer: A", "The answer is (B)", "b", or, failing that, the option whose text the answer equals / contains.
+    None when nothing matches."""
     if not text or not text.strip():
         return None
     n = len(options) if options else 26

@@ -1,9 +1,18 @@
-"""The evaluation loop: resumable per-sample JSONL, a progress bar with ETA, and a results JSON."""
+"""The evaluation loop: crash-safe resumable per-sample JSONL, a progress bar with ETA, and a results JSON.
+
+The JSONL's first line is the run header (`{"run": identity}`); every record carries the identity's digest. A
+resume with any other benchmark, data folder, model, config, frames, generation settings or package version is
+refused, so two runs' answers are never scored together. A torn last line (a crash mid-write) is cut off before
+appending; records are flushed at once and fsync'ed every `FSYNC_EVERY` records / `FSYNC_SECONDS` seconds.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +21,20 @@ from ..runner import VideoClip
 from .benchmarks import Benchmark, Sample, get_benchmark
 from .metrics import relative_drop
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+FSYNC_EVERY = 10
+FSYNC_SECONDS = 5.0
+#: greedy decoding, as every benchmark's official inference; recorded so `compare` can check it
+GENERATION_DEFAULTS = {"do_sample": False, "num_beams": 1}
+
+
+def package_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("stop-hf")
+    except md.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
 
 
 def versions() -> dict[str, str]:
@@ -40,9 +62,50 @@ def device_info(llm: Any) -> dict[str, Any]:
     return info
 
 
+# ------------------------------------------------------------------------------------------------ run identity
+#: run_info fields that change answers
+RUN_IDENTITY = ("model", "config_name", "config", "frames")
+
+
+def generation_settings(max_new_tokens: int | None) -> dict[str, Any]:
+    return {"max_new_tokens": max_new_tokens, **GENERATION_DEFAULTS}
+
+
+def run_identity(
+    benchmark: str,
+    data_dir: str | Path | None,
+    run_info: dict[str, Any] | None,
+    max_new_tokens: int | None,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the records."""
+    info = run_info or {}
+    identity = {
+        "benchmark": benchmark,
+        "data": None if data_dir is None else str(Path(data_dir).resolve()),
+        **{k: info.get(k) for k in RUN_IDENTITY},
+        "generation": generation_settings(max_new_tokens),
+        "stop_hf_version": package_version(),
+    }
+    return json.loads(json.dumps(identity, default=str))
+
+
+def identity_digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}={old.get(key)!r} (this run: {new.get(key)!r})"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Per-sample records of a (possibly interrupted) run; a torn last line and the run header are ignored."""
-    records = []
+    """Per-sample records of a (possibly interrupted) run, later lines replacing earlier ones of the same id; the
+    header and a torn last line are ignored (read-only: `open_records` is what repairs a file)."""
+    records: dict[str, dict[str, Any]] = {}
+    path = Path(path)
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -50,42 +113,100 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict) and "id" in record:
-                records.append(record)
-    return records
+                records[record["id"]] = record
+    return list(records.values())
 
 
-#: run_info fields that change answers: a JSONL written with other values must not be resumed into this run
-RUN_IDENTITY = ("model", "config_name", "config", "frames", "max_new_tokens")
+def open_records(path: Path, identity: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The records already in `path` for this run (by id, the last line of an id winning) and notes on repairs.
 
-
-def run_identity(
-    benchmark: str, run_info: dict[str, Any] | None, max_new_tokens: int | None
-) -> dict[str, Any]:
-    info = {**(run_info or {}), "max_new_tokens": max_new_tokens}
-    return {"benchmark": benchmark, **{k: info.get(k) for k in RUN_IDENTITY}}
-
-
-def check_resumable(path: Path, identity: dict[str, Any]) -> bool:
-    """True when `path` holds records of this same run (or nothing yet); raises when another run wrote it."""
+    Raises when `path` was written by another run (header or record digests differ), has no header but holds
+    records (its run cannot be verified), or is corrupt before its last line. A torn last line is truncated."""
+    notes: list[str] = []
     if not path.is_file() or not path.stat().st_size:
-        return False
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    try:
-        header = json.loads(first).get("run")
-    except (json.JSONDecodeError, AttributeError):
-        header = None
-    if header is None:
-        return True  # records written before run headers existed: trust the user's --out
-    for key, value in identity.items():
-        if json.loads(json.dumps(value, default=str)) != header.get(key):
+        return {}, notes
+    raw = path.read_bytes()
+    if not raw.endswith(b"\n"):
+        keep = raw.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        notes.append(f"{path}: cut off a torn last line ({len(raw) - keep} bytes, an interrupted write)")
+        raw = raw[:keep]
+    lines = raw.decode("utf-8").splitlines()
+    if not lines:
+        return {}, notes
+    digest = identity_digest(identity)
+    records: dict[str, dict[str, Any]] = {}
+    header = None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
             raise ValueError(
-                f"{path} holds records of another run ({key}={header.get(key)!r}, this run has {value!r}); "
-                "pass a different --out, or delete the file to start over"
+                f"{path}: line {lineno} is not valid JSON ({exc.msg}); the file is damaged before its end. "
+                "Pass a different --out, or delete the file to start over"
+            ) from exc
+        if lineno == 1 and isinstance(row, dict) and "run" in row and "id" not in row:
+            header = row["run"]
+            diffs = _differences(header, identity)
+            if diffs:
+                raise ValueError(
+                    f"{path} holds records of another run: {'; '.join(diffs)}. "
+                    "Pass a different --out, or delete the file to start over"
+                )
+            continue
+        if header is None:
+            raise ValueError(
+                f"{path} has no run header, so the run that wrote its records cannot be checked. "
+                "Pass a different --out, or delete the file to start over"
             )
-    return True
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"{path}: line {lineno} is not a per-sample record")
+        if row.get("run") != digest:
+            raise ValueError(
+                f"{path}: line {lineno} ({row['id']}) was written by another run (digest {row.get('run')}, this "
+                f"run {digest}). Pass a different --out, or delete the file to start over"
+            )
+        records[row["id"]] = row
+    return records, notes
 
 
+class RecordWriter:
+    """Appends JSON lines: flushed at once, fsync'ed every `FSYNC_EVERY` records / `FSYNC_SECONDS`, and on close."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close() / __exit__
+        self.pending = 0
+        self.last_sync = time.monotonic()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        self.file.flush()
+        self.pending += 1
+        if self.pending >= FSYNC_EVERY or time.monotonic() - self.last_sync >= FSYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.file.fileno())
+        self.pending, self.last_sync = 0, time.monotonic()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.sync()
+            self.file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------- one sample
 def _record(sample: Sample) -> dict[str, Any]:
     meta = {k: v for k, v in sample.meta.items() if k != "event_info"}
     return {
@@ -98,6 +219,16 @@ def _record(sample: Sample) -> dict[str, Any]:
     }
 
 
+def _video_input(llm: Any, sample: Sample) -> Any:
+    path = Path(sample.video)
+    if path.is_dir():  # a frame folder (MVBench episodic_reasoning)
+        from .benchmarks import MVBENCH_FRAME_FPS
+        from .frames import read_frame_folder
+
+        return read_frame_folder(path, getattr(llm, "num_frames", 8), sample.window, MVBENCH_FRAME_FPS)
+    return VideoClip(path, *sample.window) if sample.window else path
+
+
 def evaluate_sample(
     bench: Benchmark, llm: Any, sample: Sample, judge: Any, max_new_tokens: int | None
 ) -> dict:
@@ -105,7 +236,7 @@ def evaluate_sample(
     if sample.kind == "judge" and judge is None:
         record["skipped"] = "no judge configured"
         return record
-    if not Path(sample.video).is_file():
+    if not Path(sample.video).exists():
         record["error"] = f"missing video file: {sample.video}"
         return record
     limit = max_new_tokens or (
@@ -113,9 +244,8 @@ def evaluate_sample(
         if sample.kind == "judge"
         else bench.max_new_tokens
     )
-    video = VideoClip(sample.video, *sample.window) if sample.window else sample.video
     try:
-        answer = llm.answer(video, bench.prompt(sample), max_new_tokens=limit)
+        answer = llm.answer(_video_input(llm, sample), bench.prompt(sample), max_new_tokens=limit)
     except Exception as exc:  # noqa: BLE001 - one broken sample must not stop the run; it is recorded
         record["error"] = f"{type(exc).__name__}: {exc}"
         return record
@@ -135,6 +265,27 @@ def evaluate_sample(
     return record
 
 
+def check_generation_length(max_new_tokens: int | None) -> None:
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
+    ):
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens!r}: must be an integer >= 1 (0 new tokens would score empty answers); "
+            "leave it unset for the benchmark's own length"
+        )
+
+
+def load_samples(
+    bench: Benchmark, data_dir: str | Path, limit: int | None = None
+) -> tuple[list[Sample], int]:
+    """(selected samples, samples in the benchmark): validates the annotations (broken entries go to
+    `bench.invalid`) without touching any video."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}: must be an integer >= 1")
+    samples = bench.load(data_dir)
+    return (samples[:limit] if limit is not None else samples), len(samples)
+
+
 def evaluate(
     llm: Any,
     benchmark: str | Benchmark,
@@ -147,45 +298,58 @@ def evaluate(
     run_info: dict[str, Any] | None = None,
     reference: str | Path | None = None,
     progress: bool = True,
+    retry_errors: bool = True,
+    samples: list[Sample] | None = None,
+    n_in_benchmark: int | None = None,
 ) -> dict[str, Any]:
-    """Runs (or resumes) one benchmark and writes `out` (results JSON) and `out.with_suffix('.jsonl')` (records)."""
+    """Runs (or resumes) one benchmark; writes `out` (results JSON) and `out.with_suffix('.jsonl')` (records).
+
+    Samples recorded with an error (a missing video, a failed generation) are run again on resume unless
+    `retry_errors=False`. Pass `samples` (from `load_samples`) to validate the annotations before loading a model."""
     from tqdm.auto import tqdm
 
+    check_generation_length(max_new_tokens)
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
-    samples = bench.load(data_dir)
-    if limit is not None:
-        samples = samples[:limit]
+    if samples is None:
+        samples, n_in_benchmark = load_samples(bench, data_dir, limit)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records_path = out.with_suffix(".jsonl")
-    identity = run_identity(bench.name, run_info, max_new_tokens)
-    resuming = check_resumable(records_path, identity)
-    done = {r["id"]: r for r in read_jsonl(records_path)}
-    # a skipped judge sample is retried when a judge is now configured
-    todo = [s for s in samples if s.id not in done or (judge is not None and done[s.id].get("skipped"))]
+    identity = run_identity(bench.name, data_dir, run_info, max_new_tokens)
+    digest = identity_digest(identity)
+    done, notes = open_records(records_path, identity)
+    for note in notes:
+        print(f"stop-hf eval: {note}", file=sys.stderr)
+
+    def needs_run(sample: Sample) -> bool:
+        old = done.get(sample.id)
+        if old is None:
+            return True
+        if "error" in old:
+            return retry_errors
+        return bool(judge is not None and old.get("skipped"))  # a skipped judged sample, now with a judge
+
+    todo = [s for s in samples if needs_run(s)]
     started = time.perf_counter()
-    with open(records_path, "a", encoding="utf-8") as f:
-        if not resuming:  # the header that lets a later run check it resumes the same run
-            f.write(json.dumps({"run": identity}, default=str) + "\n")
+    with RecordWriter(records_path) as writer:
+        if not records_path.stat().st_size:  # the header that lets a later run check it resumes the same run
+            writer.write({"run": identity})
         bar = tqdm(todo, desc=bench.name, unit="sample", disable=not progress, dynamic_ncols=True)
         for sample in bar:
-            record = evaluate_sample(bench, llm, sample, judge, max_new_tokens)
+            record = {**evaluate_sample(bench, llm, sample, judge, max_new_tokens), "run": digest}
             done[sample.id] = record
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+            writer.write(record)
     records = [done[s.id] for s in samples if s.id in done]
     results = {
         "format": RESULTS_VERSION,
         "benchmark": bench.name,
         "data": str(Path(data_dir)),
         **(run_info or {}),
+        "identity": identity,
+        "generation": identity["generation"],
         "judge": getattr(judge, "name", None),
-        "headline": bench.headline,
-        "metrics": bench.aggregate(records),
-        "n_samples": len(samples),
-        "n_errors": sum("error" in r for r in records),
-        "n_skipped": sum(bool(r.get("skipped")) for r in records),
-        "errors": {r["id"]: r["error"] for r in records if "error" in r},
+        **summarize(bench, samples, records, n_in_benchmark or len(samples)),
+        "repairs": notes,
         "efficiency": _efficiency(records),
         "records": str(records_path.resolve()),
         "seconds_this_run": time.perf_counter() - started,
@@ -193,9 +357,48 @@ def evaluate(
         "device": device_info(llm),
     }
     if reference is not None:
-        results["vs_reference"] = compare_to_reference(results, load_results(reference))
+        try:
+            results["vs_reference"] = compare_to_reference(results, load_results(reference))
+        except ValueError as exc:  # the run's own results are still written
+            results["vs_reference"] = {"refused": str(exc)}
     out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     return results
+
+
+def sample_set_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def summarize(
+    bench: Benchmark, samples: list[Sample], records: list[dict[str, Any]], n_in_benchmark: int
+) -> dict[str, Any]:
+    """The metrics and honest denominators shared by `evaluate` and `score_predictions`."""
+    errors = {r["id"]: r["error"] for r in records if "error" in r}
+    counts = {
+        "in_benchmark": n_in_benchmark,
+        "selected": len(samples),
+        "evaluated": sum("score" in r for r in records),
+        "errors": len(errors),
+        "skipped": sum(bool(r.get("skipped")) for r in records),
+        "unparsed": sum(bench.unparsed(r) for r in records),
+        "not_run": len(samples) - len(records),
+        "invalid_entries": len(bench.invalid),
+    }
+    complete = not errors and not counts["not_run"] and not bench.invalid
+    return {
+        "headline": bench.headline,
+        "metrics": bench.aggregate(records),
+        "counts": counts,
+        "complete": complete,
+        "n_samples": len(samples),
+        "n_errors": len(errors),
+        "n_skipped": counts["skipped"],
+        "errors": errors,
+        "invalid_entries": list(bench.invalid),
+        "annotation_files": list(bench.annotation_files),
+        "notes": list(bench.notes),
+        "sample_set": sample_set_digest([s.id for s in samples]),
+    }
 
 
 def _efficiency(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,12 +418,16 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")
-    results = json.loads(path.read_text(encoding="utf-8"))
-    if "metrics" not in results or "benchmark" not in results:
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(results, dict) or "metrics" not in results or "benchmark" not in results:
         raise ValueError(f"{path} is not a stop-hf eval results file")
     records = Path(results.get("records", ""))
     if not records.is_file() and path.with_suffix(".jsonl").is_file():  # moved together with its records
         results["records"] = str(path.with_suffix(".jsonl"))
+    results.setdefault("_path", str(path))
     return results
 
 
@@ -230,16 +437,47 @@ def headline_values(results: dict[str, Any]) -> dict[str, float]:
 
 
 def loyalty(records: list[dict[str, Any]], reference_records: list[dict[str, Any]]) -> float | None:
-    """% of samples (scored in both runs) whose parsed answer equals the unpruned run's parsed answer."""
+    """% of samples scored in both runs whose answers parse (official rule) to the same option / yes-no / verdict;
+    an unparsed answer never agrees, so two unparsed runs are not "loyal"."""
     ref = {r["id"]: r["score"].get("pred") for r in reference_records if "score" in r}
-    same = [r["score"].get("pred") == ref[r["id"]] for r in records if "score" in r and r["id"] in ref]
+    both = [r for r in records if "score" in r and r["id"] in ref]
+    same = [r["score"].get("pred") is not None and r["score"].get("pred") == ref[r["id"]] for r in both]
     return 100.0 * sum(same) / len(same) if same else None
 
 
-def compare_to_reference(results: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    """Relative drop per headline metric (and their mean, the paper's PDR) and loyalty vs the unpruned run."""
+def comparability(results: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """Why two runs' numbers are not comparable (empty when they are): other samples, frames, generation."""
+    problems = []
+    if results["benchmark"] != reference["benchmark"]:
+        problems.append(f"benchmark {results['benchmark']} vs {reference['benchmark']}")
+    for key, what in (
+        ("sample_set", "sample sets"),
+        ("frames", "frames"),
+        ("generation", "generation settings"),
+    ):
+        mine, theirs = results.get(key), reference.get(key)
+        if mine != theirs:
+            detail = "" if key == "sample_set" else f": {mine!r} vs {theirs!r}"
+            if key == "sample_set":
+                detail = f" ({results.get('n_samples')} vs {reference.get('n_samples')} samples)"
+            problems.append(f"different {what}{detail}")
+    return problems
+
+
+def compare_to_reference(
+    results: dict[str, Any], reference: dict[str, Any], allow_mismatch: bool = False
+) -> dict[str, Any]:
+    """Relative drop per headline metric (and their mean, the paper's PDR) and loyalty vs the unpruned run.
+    Refuses runs over other samples / frames / generation settings unless `allow_mismatch` (then they are listed
+    under `mismatches`)."""
+    problems = comparability(results, reference)
     if results["benchmark"] != reference["benchmark"]:
         raise ValueError(f"cannot compare {results['benchmark']} with reference {reference['benchmark']}")
+    if problems and not allow_mismatch:
+        raise ValueError(
+            f"{results['benchmark']}: the run and its reference are not comparable ({'; '.join(problems)}); "
+            "rerun one of them, or pass --allow-mismatch to compare anyway"
+        )
     mine, ref = headline_values(results), headline_values(reference)
     drops = {k: relative_drop(ref[k], mine[k]) for k in mine if k in ref}
     drops = {k: 100.0 * v for k, v in drops.items() if v is not None}
@@ -247,4 +485,5 @@ def compare_to_reference(results: dict[str, Any], reference: dict[str, Any]) -> 
         "relative_drop": drops,
         "pdr": sum(drops.values()) / len(drops) if drops else None,
         "loyalty": loyalty(read_jsonl(Path(results["records"])), read_jsonl(Path(reference["records"]))),
+        "mismatches": problems,
     }

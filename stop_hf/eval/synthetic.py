@@ -62,6 +62,7 @@ def make_videocomp(root: str | Path, num_frames: int = 8) -> Path:
             "key": "act1_0",
             "question": "Which caption matches the video?\n(A) a square moves left\n(B) a square moves right",
             "answer": "A",
+            "type": "temporal reordering",
             "query_video/start_time": 0,
             "query_video/end_time": 1_000_000,
         },
@@ -71,6 +72,7 @@ def make_videocomp(root: str | Path, num_frames: int = 8) -> Path:
             "question": "Which caption matches the video?",
             "options": ["a person cooks", "a person swims"],
             "answer": "a person swims",
+            "type": "action word replacement",
             "query_video/start_time": 1_000_000,
             "query_video/end_time": 2_000_000,
         },
@@ -81,6 +83,7 @@ def make_videocomp(root: str | Path, num_frames: int = 8) -> Path:
             "key": "yc1_0",
             "question": "Which caption matches the video?\n(A) cut onions then fry\n(B) fry then cut onions",
             "answer": "B",
+            "type": "temporal reordering",
             "query_video/start_time": 0,
             "query_video/end_time": 1_000_000,
         }
@@ -148,9 +151,38 @@ def make_videomme(root: str | Path, num_frames: int = 4) -> Path:
     return root
 
 
+def make_mlvu(root: str | Path, num_frames: int = 4) -> Path:
+    """The HF `MLVU/MVLU` dev layout: `json/<n>_<task>.json` and `video/<n>_<task>/<video>`; two tasks."""
+    root = Path(root)
+    (root / "json").mkdir(parents=True, exist_ok=True)
+    tasks = {
+        "1_plotQA": ("plotQA", [("p1.mp4", ["red", "green", "blue", "yellow"], "green")]),
+        "4_count": ("count", [("c1.mp4", ["1", "2", "3", "4"], "3"), ("c2.mp4", ["2", "4", "6", "8"], "2")]),
+    }
+    seed = 0
+    for stem, (question_type, items) in tasks.items():
+        data = []
+        for video, candidates, answer in items:
+            data.append(
+                {
+                    "video": video,
+                    "duration": 2,
+                    "question": f"{question_type} question?",
+                    "candidates": candidates,
+                    "answer": answer,
+                    "question_type": question_type,
+                }
+            )
+            _video(root / "video" / stem / video, seed, num_frames)
+            seed += 1
+        (root / "json" / f"{stem}.json").write_text(json.dumps(data, indent=4))
+    return root
+
+
 MAKERS = {
     "eventhallusion": make_eventhallusion,
     "videocomp": make_videocomp,
     "mvbench": make_mvbench,
     "videomme": make_videomme,
+    "mlvu": make_mlvu,
 }
