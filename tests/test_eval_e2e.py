@@ -244,3 +244,12 @@ def test_cli_user_errors(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "absent.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3
+
+
+def test_annotations_are_checked_before_the_model_loads(tmp_path, capsys):
+    data = synthetic.make_mvbench(tmp_path / "mv")
+    (data / "json" / "object_shuffle.json").write_text('[{"video": "o1.mp4",')
+    argv = ["eval", "--benchmark", "mvbench", "--data", str(data), "--model", "tiny-nope", "--config", "none"]
+    assert main(argv + ["--out", str(tmp_path / "r.json")]) == 2  # a bogus model: never reached
+    err = capsys.readouterr().err
+    assert "object_shuffle.json: not valid JSON" in err and "tiny-nope" not in err
