@@ -22,7 +22,7 @@ import torch
 #: vocab used by the benchmark models (the real 152k vocab only changes the embedding and the lm_head).
 BENCH_VOCAB = 1024
 VIDEO_TOKEN = 5
-METHODS = ("visionzip", "fastvid", "holitom")
+METHODS = ("visionzip", "fastvid", "holitom", "flashvid", "prunevid")
 
 
 @dataclass(frozen=True)
@@ -389,7 +389,13 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     n_video = inputs["n_video"]
     n_text = inputs["input_ids"].shape[1] - n_video
 
-    grid = [(m, s, r) for r in settings.retentions for m in settings.methods for s in settings.sinks]
+    grid = [
+        (m, s, r)
+        for r in settings.retentions
+        for m in settings.methods
+        for s in settings.sinks
+        if not s or has_sink_variant(m)
+    ]
     total_steps = 1 + len(settings.retentions) + len(grid)
     progress = tqdm(total=total_steps, desc="bench", unit="run") if tqdm else _NoBar()
 
@@ -498,7 +504,21 @@ BUDGET_RULES = {
     "fastvid": "floor(N*r) per frame, split into salient tokens and anchors per segment",
     "holitom": "ceil/round of the corrected budget per window; with SToP, STTP merges more static tokens than "
     "the budget correction assumed (reference behaviour)",
+    "flashvid": "ceil(1.25*N*r) per frame on the vision side, on purpose (the SToP code has no in-LLM stage)",
+    "prunevid": "about (r + 0.005) per window, plus unclustered groups of <= 14 tokens",
 }
+
+
+def has_sink_variant(method: str) -> bool:
+    """False for a method whose reference has no SToP variant (its pruner refuses a sink): no +SToP row."""
+    from stop_hf.pruners import PRUNERS
+    from stop_hf.sink import Sink
+
+    try:
+        PRUNERS[method](sink=Sink())
+    except ValueError:
+        return False
+    return True
 
 
 def target_checks(result: dict[str, Any]) -> list[str]:

@@ -105,18 +105,18 @@ class FlashVIDPruner(Pruner):
         return [b - a for a, b in zip(bounds, bounds[1:])]
 
     # ------------------------------------------------------------------ ADTS
-    def _adts(self, work: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, picks: int) -> torch.Tensor:
-        """Greedy attention-and-diversity picks per frame. work (T, N, D), w1 and w2 (T, N) -> (T, A) ascending."""
-        t, n, _ = work.shape
-        unit = F.normalize(work, dim=-1, eps=EPS)
+    def _adts(self, unit: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, picks: int) -> torch.Tensor:
+        """Greedy attention-and-diversity picks per frame. unit (T, N, D) L2-normalised features, w1 and w2 (T, N)
+        -> (T, A) positions, ascending."""
+        t, n, _ = unit.shape
         cos = torch.matmul(unit, unit.transpose(1, 2))
         dist = (1.0 - cos) * w1[:, None, :] * w2[:, None, :]  # column j scaled by its own weights
-        frames = torch.arange(t, device=work.device)
+        frames = torch.arange(t, device=unit.device)
         # the smallest entry of a column is the token itself, so the first pick uses the second-smallest
         first_score = torch.topk(dist, 2, dim=1, largest=False).values[:, 1] if n >= 2 else dist[:, 0]
         chosen = [first_score.argmax(dim=-1)]
         running = dist[frames, chosen[0]]
-        picked = torch.zeros((t, n), dtype=torch.bool, device=work.device)
+        picked = torch.zeros((t, n), dtype=torch.bool, device=unit.device)
         for _ in range(picks - 1):
             picked[frames, chosen[-1]] = True
             score = running.masked_fill(picked, -math.inf) if self.distinct_picks else running
@@ -164,7 +164,8 @@ class FlashVIDPruner(Pruner):
         seg_means = torch.zeros(len(segments), d, device=device).index_add_(0, seg_of_frame, frame_means)
         seg_means = seg_means / seg_len[:, None]
         w2 = torch.einsum("tnd,td->tn", work, seg_means[seg_of_frame])
-        adts_pos = self._adts(work, w1, w2, adts_num)  # (T, A)
+        unit = F.normalize(work, dim=-1, eps=EPS)
+        adts_pos = self._adts(unit, w1, w2, adts_num)  # (T, A)
         adts = torch.zeros((t, n), dtype=torch.bool, device=device)
         adts.scatter_(1, adts_pos, True)
 
@@ -172,7 +173,6 @@ class FlashVIDPruner(Pruner):
         best = torch.full((t, n), -1.0, device=device)
         parent = torch.arange(t * n, device=device).view(t, n)
         if t > 1:
-            unit = F.normalize(work, dim=-1, eps=EPS)
             cos = torch.matmul(unit[1:], unit[:-1].transpose(1, 2))  # [t-1, i, j] = cos(x[t, i], x[t-1, j])
             cos = cos.masked_fill(adts[1:, :, None] | adts[:-1, None, :], -1.0)
             best_prev, parent_prev = cos.max(dim=-1)
@@ -196,11 +196,14 @@ class FlashVIDPruner(Pruner):
         for _ in range(max(1, math.ceil(math.log2(max(t, 2)))) + 1):
             root = root[root]  # pointer doubling: every token reaches the unmerged root of its chain
         flat = work.reshape(t * n, d)
-        subtree = torch.zeros_like(flat).index_add_(0, root, flat)
+        subtree = torch.zeros_like(flat).index_add_(0, root, flat) if bool(merged.any()) else flat
         children = torch.zeros(t * n, device=device).index_add_(
             0, flat_parent[merged.reshape(-1)], torch.ones(int(merged.sum()), device=device)
         )
-        values = subtree / (1.0 + children)[:, None]  # the reference's divisor: direct children only
+
+        def root_values(index: torch.Tensor) -> torch.Tensor:
+            """Tree-merged value of roots `index`: the reference's divisor counts direct children only."""
+            return subtree[index] / (1.0 + children[index])[..., None]
 
         single = (seg_len[seg_of_frame] == 1)[:, None]
         is_root = ~merged & (~adts | single)  # single-frame segments cluster all N tokens
@@ -236,7 +239,7 @@ class FlashVIDPruner(Pruner):
             root_flat = frames_t[:, None] * n + root_pos
             if clusters > 0:
                 centres, assign, means = dpc_knn_clusters(
-                    values[root_flat], clusters, min(clusters, self.dpc_k)
+                    root_values(root_flat), clusters, min(clusters, self.dpc_k)
                 )
                 token_flat = torch.gather(root_flat, 1, centres)
                 token_embeds = means
@@ -245,7 +248,7 @@ class FlashVIDPruner(Pruner):
                 )
                 root_row[root_flat] = torch.gather(token_rows, 1, assign)
             else:  # rho >= 1: every root is kept as it is
-                token_flat, token_embeds = root_flat, values[root_flat]
+                token_flat, token_embeds = root_flat, root_values(root_flat)
                 token_rows = rows + torch.arange(root_flat.numel(), device=device).view(root_flat.shape)
                 root_row[root_flat] = token_rows
             for frame in frames:

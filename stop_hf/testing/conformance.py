@@ -1,4 +1,5 @@
-"""Run one conformance fixture (see `shared/fixtures/conformance/README.md`) through the public pruner path.
+"""Run one conformance fixture through the public pruner path (formats: `shared/fixtures/conformance/README.md`;
+FlashVID and PruneVid: `tests/fixtures/conformance_more/README.md`).
 
 A fixture is a safetensors file: input tensors (`features`, `attention`, `keys`, `global_features`), the reference
 output (`expected_embeds`, `expected_index`, `expected_kind`) and a JSON `config` metadata string. Only the
