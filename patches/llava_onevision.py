@@ -25,8 +25,14 @@ from .base import ArchAdapter
 class LlavaOnevisionAdapter(ArchAdapter):
     name = "llava_onevision"
     positions_1d = True
-    # The reference implementations: VisionZip/HoliTom renumber positions, FastVID keeps original ones.
-    position_policy = {"visionzip": "compact", "holitom": "compact", "fastvid": "original"}
+    # Reference position ids: VisionZip/HoliTom/FlashVID/PruneVid renumber (compact), FastVID keeps the originals.
+    position_policy = {
+        "visionzip": "compact",
+        "holitom": "compact",
+        "fastvid": "original",
+        "flashvid": "compact",
+        "prunevid": "compact",
+    }
     default_position = "original"
 
     def encoder_layers(self, model: Any) -> Any:

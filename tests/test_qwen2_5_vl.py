@@ -398,8 +398,10 @@ def test_image_and_video_prompt_leaves_image_tokens(qwen_model, qwen_reference, 
 
 
 # ------------------------------------------------------------------------------------------------ paper methods
-@pytest.mark.parametrize("sink", [False, True])
-@pytest.mark.parametrize("method", ["visionzip", "fastvid", "holitom"])
+@pytest.mark.parametrize(
+    ("method", "sink"),
+    [(m, s) for m in ("visionzip", "fastvid", "holitom") for s in (False, True)] + [("prunevid", False)],
+)
 def test_paper_methods_end_to_end(qwen_model, qwen_reference, qwen_inputs, method, sink):
     stop_hf.patch(
         qwen_model, {"method": method, "retention": 0.25, "sink": sink, "position_mode": "original"}
