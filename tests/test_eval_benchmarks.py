@@ -4,6 +4,7 @@ honest denominators, and the crash-safe, identity-checked resumable record file 
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from stop_hf.eval import synthetic
@@ -302,3 +303,30 @@ def test_unknown_benchmark_and_missing_layout(tmp_path):
         get_benchmark("mvbench").load(tmp_path)
     assert get_benchmark("Video-MME").name == "videomme"
     assert get_benchmark("MLVU").name == "mlvu"
+
+
+def test_mvbench_frame_folder_task_is_run_from_its_images(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mv"
+    folder = root / "video" / "tvqa" / "frames_fps3_hq" / "clip1"
+    folder.mkdir(parents=True)
+    for i in range(9):  # 3 s at 3 fps
+        Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(folder / f"{i:05d}.jpg", quality=100)
+    (root / "json").mkdir()
+    item = {
+        "video": "clip1",
+        "question": "q?",
+        "candidates": ["x", "y"],
+        "answer": "y",
+        "start": 1.0,
+        "end": 2.0,
+    }
+    (root / "json" / "episodic_reasoning.json").write_text(json.dumps([item]))
+    llm = Scripted({}, "(B) y")
+    llm.num_frames = 2
+    res = evaluate(llm, "mvbench", root, tmp_path / "r.json", progress=False)
+    assert res["metrics"]["accuracy"] == 100.0 and res["counts"]["errors"] == 0
+    frames = llm.videos[0]
+    assert isinstance(frames, np.ndarray) and frames.shape == (2, 8, 8, 3)
+    assert frames[0, 0, 0, 0] >= 25 and frames[-1, 0, 0, 0] <= 65  # frames 3..6 only (the [1 s, 2 s] window)

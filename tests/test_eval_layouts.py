@@ -385,3 +385,19 @@ def test_mlvu_dev_layout(tmp_path, nested):
     assert len(samples) == len(items) and [s.answer for s in samples] == ["A", "D"]
     assert all(s.video.exists() for s in samples) and samples[0].meta["task"] == "plotQA"
     assert not any("9_summary" in f for f in bench.annotation_files)  # a generation task: not multiple choice
+
+
+def test_videocomp_parenthesised_answer_and_broken_entry(tmp_path):
+    items = [
+        vc_item("k1", "abc", "(B)", "temporal reordering"),
+        vc_item("k2", "abc", "C", "temporal reordering"),
+    ]
+    path = write(tmp_path / "activitynet_comp_val.json", items)
+    bench = get_benchmark("videocomp")
+    samples = bench.load(tmp_path)
+    assert [s.answer for s in samples] == ["B"]
+    assert bench.score(samples[0], "(B)")["correct"] and bench.score(samples[0], "((B))")["correct"]
+    assert not bench.score(samples[0], "B")["correct"]  # exact match against the file's "(B)"
+    assert bench.invalid == [
+        f"{path}: entry 1 (k2): field 'answer': 'C' is neither an option letter nor an option's text"
+    ]

@@ -436,7 +436,13 @@ class VideoMME(_MultipleChoice):
                     "or convert it to videomme/test.json"
                 ) from exc
             self.annotation_files += [str(p) for p in parquets]
-            return [r for p in parquets for r in pd.read_parquet(p).to_dict("records")]
+            rows = []
+            for p in parquets:
+                try:
+                    rows += pd.read_parquet(p).to_dict("records")
+                except Exception as exc:  # noqa: BLE001 - pyarrow raises many types; name the file
+                    raise AnnotationError(f"{p}: cannot read the parquet file ({exc})") from exc
+            return rows
         candidates = [folder / "test.json", folder / "test.jsonl", root / "test.json", root / "test.jsonl"]
         candidates += [root / "output_test_template.json", folder / "output_test_template.json"]
         candidates += [root / "evaluation" / "output_test_template.json"]
@@ -554,6 +560,7 @@ class VideoComp(_MultipleChoice):
             options = re.findall(r"^\s*\(?[A-Z][\).]\s*(.+?)\s*$", str(item["question"]), re.MULTILINE)
         official_answer = str(item["answer"])
         answer = official_answer.strip()
+        answer = re.sub(r"^\(([A-Z])\)$", r"\1", answer)  # "(A)" names option A too
         if options and answer not in LETTERS[: len(options)]:
             if answer not in options:
                 self._bad(
