@@ -264,8 +264,13 @@ MVBENCH_BOUNDED = {
 MVBENCH_FRAME_FPS = 3.0
 
 
-def is_pre_cut(path: Path) -> bool:
-    return any(part.endswith("_segment") for part in path.parts)
+def is_pre_cut(path: Path, video_root: Path) -> bool:
+    """True for a clip in one of lmms-eval's `*_segment` folders under `video_root` (already cut to the window)."""
+    try:
+        parts = path.relative_to(video_root).parts
+    except ValueError:
+        return False
+    return any(part.endswith("_segment") for part in parts[:-1])
 
 
 class MVBench(_MultipleChoice):
@@ -306,7 +311,8 @@ class MVBench(_MultipleChoice):
                 bounded = (
                     task in MVBENCH_BOUNDED and item.get("start") is not None and item.get("end") is not None
                 )
-                if bounded and not is_pre_cut(video):
+                pre_cut = is_pre_cut(video, root / "video")
+                if bounded and not pre_cut:
                     try:
                         window = (float(item["start"]), float(item["end"]))
                     except (TypeError, ValueError):
@@ -314,7 +320,7 @@ class MVBench(_MultipleChoice):
                             file, i, rel, "start/end", f"not numbers: {item['start']!r}, {item['end']!r}"
                         )
                         continue
-                meta = {"task": task, "pre_cut": is_pre_cut(video)} if bounded else {"task": task}
+                meta = {"task": task, "pre_cut": pre_cut} if bounded else {"task": task}
                 samples.append(
                     Sample(
                         f"{task}/{i}",
