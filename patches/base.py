@@ -8,8 +8,9 @@ from typing import Any
 class ArchAdapter:
     """Architecture specifics for the shared hooks in `stop_hf.hooks`.
 
-    Subclasses implement `install_capture` (wrap the video encoder, record one `VideoRecord` per video) and may
-    override the position policy and `after_prefill`.
+    Subclasses implement `install_capture`: wrap the video encoder so that each call captures its signals into its
+    own buffer (`state.start_capture` / `state.capturing()`, per call, never per model) and hands one `VideoRecord`
+    per video to the prefill (`state.set_encoded`). They may override the position policy.
     """
 
     name: str = ""
@@ -47,6 +48,3 @@ class ArchAdapter:
 
     def install_capture(self, model: Any, state: Any) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def after_prefill(self, state: Any, original_length: int, pruned_length: int) -> None:
-        """Called once a prefill is pruned (Qwen shifts rope_deltas here)."""

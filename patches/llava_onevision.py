@@ -64,11 +64,12 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
         def make_wrapper(original):
             def get_video_features(pixel_values_videos, *args, **kwargs):
-                state.capturing = {"attention": [], "keys": [], "global": [], "seconds": 0.0}
+                buffer = {"attention": [], "keys": [], "global": [], "seconds": 0.0, "projected": {}}
+                token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
                 try:
                     output = original(pixel_values_videos, *args, **kwargs)
                 finally:
-                    buffer, state.capturing = state.capturing, None
+                    state.stop_capture(token)
                 pooled = output.pooler_output if hasattr(output, "pooler_output") else output[1]
                 videos, frames = pixel_values_videos.shape[:2]
                 started = time.perf_counter()
@@ -80,7 +81,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
                 if buffer["global"]:
                     global_features = torch.cat(buffer["global"])
                 seconds = buffer["seconds"] + time.perf_counter() - started
-                state.videos = [
+                records = [
                     VideoRecord(
                         features=pooled[v],
                         frames=frames,
@@ -96,6 +97,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
                     )
                     for v in range(videos)
                 ]
+                state.set_encoded(records)
                 return output
 
             return get_video_features
@@ -109,9 +111,10 @@ class LlavaOnevisionAdapter(ArchAdapter):
         if "global_features" in needs:
 
             def capture_global(module, args, kwargs):
-                if state.capturing is not None:
+                buffer = state.capturing()
+                if buffer is not None:
                     features = kwargs.get("image_features", args[0] if args else None)
-                    state.capturing["global"].append(features.detach().float().mean(dim=1))
+                    buffer["global"].append(features.detach().float().mean(dim=1))
                 return None
 
             handles.append(
@@ -127,42 +130,45 @@ class LlavaOnevisionAdapter(ArchAdapter):
         captured output is tagged with the module that produced it: if `q_proj`/`k_proj` was swapped after patching
         (e.g. wrapped by an adapter), the stale capture is ignored and the projection is recomputed from the input.
         """
-        projected: dict[str, Any] = {}
 
         def remember(name):
             def hook(module, args, output):
-                if state.capturing is not None:
-                    projected[name] = (module, output)
+                buffer = state.capturing()
+                if buffer is not None:
+                    buffer["projected"][name] = (module, output)
 
             return hook
 
         def start(module, args, kwargs):
-            projected.clear()
-            if state.capturing is not None:
-                projected["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+            buffer = state.capturing()
+            if buffer is not None:
+                buffer["projected"].clear()
+                buffer["projected"]["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
 
-        def heads(module, name, hidden):
+        def heads(module, projected, name, hidden):
             producer, output = projected.get(name, (None, None))
             if producer is not getattr(module, name):
                 output = getattr(module, name)(hidden)
             return output.view(*hidden.shape[:-1], -1, module.head_dim).transpose(1, 2)  # (B, H, N, dh)
 
         def finish(module, args, kwargs, output):
-            if state.capturing is None or "hidden" not in projected:
+            buffer = state.capturing()
+            if buffer is None or "hidden" not in buffer["projected"]:
                 return None
             started = time.perf_counter()
+            projected = buffer["projected"]
             hidden = projected["hidden"]
             with torch.no_grad():
-                keys = heads(module, "k_proj", hidden)
+                keys = heads(module, projected, "k_proj", hidden)
                 if "attention" in needs:
-                    queries = heads(module, "q_proj", hidden)
-                    state.capturing["attention"].append(
+                    queries = heads(module, projected, "q_proj", hidden)
+                    buffer["attention"].append(
                         attention_received(queries, keys, module.scale, state.config.signal_chunk_frames)
                     )
                 if "keys" in needs:
-                    state.capturing["keys"].append(head_mean_keys(keys))
+                    buffer["keys"].append(head_mean_keys(keys))
             projected.clear()
-            state.capturing["seconds"] += time.perf_counter() - started
+            buffer["seconds"] += time.perf_counter() - started
             return None
 
         return [

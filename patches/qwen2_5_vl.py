@@ -13,7 +13,8 @@ Signals (see docs/qwen2_5_vl.md):
 - global_features: per temporal patch, the mean of the tower's pre-merger output.
 
 Positions: every output token keeps its representative's original 3-D mRoPE ids, tokens ordered by representative
-index; `rope_deltas` is shifted by the number of dropped tokens so decode positions continue correctly.
+index. The model's `rope_deltas` is never touched: decode steps without explicit position ids get theirs from the
+pruned sequence's own state (stop_hf.hooks.translate_decode), so concurrent calls cannot disturb each other.
 """
 
 from __future__ import annotations
@@ -65,9 +66,6 @@ class Qwen2_5_VLAdapter(ArchAdapter):
     position_policy: dict[str, str] = {}
     default_position = "original"  # compact 1-D renumbering is not defined for mRoPE
 
-    def __init__(self) -> None:
-        self._base: Any = None
-
     def vision_module(self, model: Any) -> Any:
         return self.base_model(model).visual
 
@@ -84,7 +82,6 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         from transformers.vision_utils import get_vision_window_index
 
         base = self.base_model(model)
-        self._base = base
         visual = base.visual
         vision = visual.config
         merge = int(vision.spatial_merge_size)
@@ -98,11 +95,12 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         def make_wrapper(original):
             def get_video_features(pixel_values_videos, video_grid_thw=None, *args, **kwargs):
                 grids = validate_video_grid(pixel_values_videos, video_grid_thw, merge)
-                state.capturing = {"attention": [], "keys": [], "seconds": 0.0}
+                buffer = {"attention": [], "keys": [], "seconds": 0.0}
+                token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
                 try:
                     output = original(pixel_values_videos, video_grid_thw, *args, **kwargs)
                 finally:
-                    buffer, state.capturing = state.capturing, None
+                    state.stop_capture(token)
                 pooled = output.pooler_output if hasattr(output, "pooler_output") else output[1]
                 started = time.perf_counter()
                 grid_tensor = torch.tensor(grids, dtype=torch.long)
@@ -146,7 +144,7 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                 seconds = buffer["seconds"] + time.perf_counter() - started
                 for record in records:
                     record.signal_seconds = seconds / len(records)
-                state.videos = records
+                state.set_encoded(records)
                 return output
 
             return get_video_features
@@ -159,7 +157,8 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             chunk = state.config.signal_chunk_frames
 
             def capture_attention(module, args, kwargs):
-                if state.capturing is None:
+                buffer = state.capturing()
+                if buffer is None:
                     return None
                 started = time.perf_counter()
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -169,23 +168,16 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                     qkv = module.qkv(hidden).reshape(length, 3, module.num_heads, -1).permute(1, 0, 2, 3)
                     queries, keys = qkv[0], qkv[1]  # (S, H, dh)
                     if "keys" in needs:
-                        state.capturing["keys"].append(head_mean_keys(keys.transpose(0, 1)[None])[0])
+                        buffer["keys"].append(head_mean_keys(keys.transpose(0, 1)[None])[0])
                     if "attention" in needs:
                         cos, sin = kwargs["position_embeddings"]
                         queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
-                        state.capturing["attention"].append(
+                        buffer["attention"].append(
                             segment_attention_received(queries, keys, cu_seqlens, module.scaling, chunk)
                         )
-                state.capturing["seconds"] += time.perf_counter() - started
+                buffer["seconds"] += time.perf_counter() - started
                 return None
 
             attn = visual.blocks[block_index].attn
             handles.append(attn.register_forward_pre_hook(capture_attention, with_kwargs=True))
         return handles
-
-    def after_prefill(self, state: Any, original_length: int, pruned_length: int) -> None:
-        """The KV cache now holds `pruned_length` prompt tokens: decode positions are `cache length + rope_deltas`,
-        so the deltas grow by the number of dropped tokens."""
-        base = self._base
-        if base is not None and getattr(base, "rope_deltas", None) is not None:
-            base.rope_deltas = base.rope_deltas + (original_length - pruned_length)

@@ -1,15 +1,29 @@
-"""The hook machinery shared by every architecture: per-instance state, the LM-input pruning pre-hook, the decode
-mask translation and the guards. Architecture specifics live in an `ArchAdapter` (see `stop_hf.patches`).
+"""The hook machinery shared by every architecture: per-model and per-call state, the LM-input pruning pre-hook, the
+decode translation, the mapping of outputs back to prompt coordinates, and the guards. Architecture specifics live in
+an `ArchAdapter` (see `stop_hf.patches`).
 
 The pruning happens after the video features are scattered into `inputs_embeds`, in a forward pre-hook on the inner
 language model; `input_ids`, the processors and `generate`'s returned sequences stay untouched.
+
+State, so that one patched model serves concurrent calls exactly as it serves them one at a time:
+- `StopState` (one per patched model) holds only what `patch` fixed: config, pruner, adapter, hook handles.
+- Everything a call produces lives in context variables owned by that `StopState` (each thread, and each asyncio
+  task, sees its own): the vision-capture buffer of the video being encoded, the encoded videos waiting for their
+  prefill, the `CallState` of the current top-level forward, and the last prune report.
+- What decode steps need from a pruned prefill (`SequenceState`) is attached to the sequence's own KV cache, so
+  interleaved sequences (threads, hand-written decode loops, beams) never see each other's prefill. Nothing is
+  written to the model's modules (Qwen2.5-VL's `rope_deltas` included).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+import uuid
+import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +31,12 @@ import torch
 
 from .config import StopConfig
 from .pruners import PruneInput, Pruner, PruneResult
+
+#: What `forward` returns at prompt positions that carry no prediction (dropped video tokens, dropped padding).
+DROPPED_FILL = float("nan")
+
+#: Name of the attribute on a KV cache that holds `{StopState.key: SequenceState}`.
+CACHE_ATTRIBUTE = "_stop_hf_sequences"
 
 
 class StopUnsupportedError(RuntimeError):
@@ -53,29 +73,125 @@ class VideoRecord:
 
 
 @dataclass
+class SequenceState:
+    """What the decode steps of ONE pruned sequence need; attached to that sequence's KV cache.
+
+    prefill_mask: (B, L') the pruned, re-padded prefill mask. position_offset: (B,) original minus emitted 1-D
+    position of the last prompt token. last_position: (B,) emitted 1-D position of the last prompt token.
+    next_mrope_position: (B,) for 3-D positions: the first decode position (max prompt position + 1), or None.
+    """
+
+    original_length: int
+    pruned_length: int
+    prefill_mask: torch.Tensor
+    position_offset: torch.Tensor
+    last_position: torch.Tensor
+    next_mrope_position: torch.Tensor | None = None
+
+
+@dataclass
+class PrefillMap:
+    """Where the pruned prefill's columns sit in prompt coordinates: token k of the pruned batch is row `rows[k]`,
+    column `pruned_columns[k]`, and stands at prompt position `original_columns[k]`. All (K,) int64."""
+
+    batch: int
+    original_length: int
+    pruned_length: int
+    rows: torch.Tensor
+    pruned_columns: torch.Tensor
+    original_columns: torch.Tensor
+
+    def computed(self, device: torch.device) -> torch.Tensor:
+        """(B, L) bool: prompt positions that carry a prediction."""
+        out = torch.zeros(self.batch, self.original_length, dtype=torch.bool, device=device)
+        out[self.rows.to(device), self.original_columns.to(device)] = True
+        return out
+
+    def expand(self, values: torch.Tensor, fill: float = DROPPED_FILL) -> torch.Tensor:
+        """(B, L', ...) in pruned coordinates -> (B, L, ...) in prompt coordinates, `fill` where nothing was computed."""
+        device = values.device
+        out = values.new_full((self.batch, self.original_length, *values.shape[2:]), fill)
+        out[self.rows.to(device), self.original_columns.to(device)] = values[
+            self.rows.to(device), self.pruned_columns.to(device)
+        ]
+        return out
+
+    def expand_attention(self, weights: torch.Tensor) -> torch.Tensor:
+        """(B, H, L', L') -> (B, H, L, L): rows of uncomputed queries are `DROPPED_FILL`; computed queries give zero
+        weight to uncomputed keys (exactly what the masked reference's mask does)."""
+        device = weights.device
+        length = self.original_length
+        out = weights.new_full((self.batch, weights.shape[1], length, length), DROPPED_FILL)
+        for b in range(self.batch):
+            selected = self.rows.to(device) == b
+            pruned = self.pruned_columns.to(device)[selected]
+            original = self.original_columns.to(device)[selected]
+            block = weights.new_zeros(weights.shape[1], pruned.numel(), length)
+            block[:, :, original] = weights[b][:, pruned][:, :, pruned]
+            out[b][:, original] = block
+        return out
+
+
+@dataclass
+class CallState:
+    """One top-level forward call (a plain forward, or one step of generate). Created fresh for every call."""
+
+    base_entered: bool = False
+    lm_entered: bool = False
+    video_mask: torch.Tensor | None = None  # (B, L) where this call's video tokens are
+    positions_given: bool = True  # whether the caller passed position_ids to the multimodal base model
+    labels: torch.Tensor | None = None  # taken from the call; the loss is computed in prompt coordinates
+    shift_labels: torch.Tensor | None = None
+    expand_logits: bool = False  # the logits are computed for every pruned column and expanded
+    logits_to_keep: int | torch.Tensor = 0  # what the caller asked for (applied after the expansion)
+    return_tuple: bool = False
+    prefilled: bool = (
+        False  # the LM ran a prefill in this call: its cache gets `sequence` (or loses a stale one)
+    )
+    sequence: SequenceState | None = None
+    prefill: PrefillMap | None = None
+
+
+def _new_var(name: str) -> ContextVar:
+    return ContextVar(f"stop_hf_{name}", default=None)
+
+
+@dataclass(eq=False)
 class StopState:
-    """Everything the hooks of ONE model instance share. Reset at every prefill."""
+    """What ONE patched model fixes at `patch` time; per-call state lives in the context variables below."""
 
     config: StopConfig
     pruner: Pruner
     adapter: Any
     handles: list[Any] = field(default_factory=list)
-    capturing: dict[str, Any] | None = None  # signal buffer while a video is being encoded
-    videos: list[VideoRecord] = field(default_factory=list)
-    video_mask: torch.Tensor | None = None  # (B, L) of the current outer forward call
-    pruned: bool = False
-    original_length: int = 0
-    pruned_length: int = 0
-    prefill_mask: torch.Tensor | None = None  # (B, L') after pruning and re-padding
-    position_offset: torch.Tensor | None = (
-        None  # (B,) original minus emitted position of the last prompt token
-    )
-    last_position: torch.Tensor | None = None  # (B,) emitted 1-D position of the last prompt token
-    report: list[dict[str, Any]] = field(default_factory=list)
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: the signal buffer of the video being encoded right now (set around `get_video_features`)
+    capture: ContextVar = field(default_factory=lambda: _new_var("capture"))
+    #: videos encoded in this context and not yet consumed by a prefill
+    encoded: ContextVar = field(default_factory=lambda: _new_var("encoded"))
+    call: ContextVar = field(default_factory=lambda: _new_var("call"))
+    report: ContextVar = field(default_factory=lambda: _new_var("report"))
+    warned_training: bool = False
 
     @property
     def needs(self) -> tuple[str, ...]:
-        return type(self.pruner).needs
+        return tuple(self.pruner.needs)
+
+    def last_report(self) -> list[dict[str, Any]]:
+        return self.report.get() or []
+
+    def capturing(self) -> dict[str, Any] | None:
+        """The vision-capture buffer of the video this context is encoding, or None."""
+        return self.capture.get()
+
+    def start_capture(self, buffer: dict[str, Any]) -> Any:
+        return self.capture.set(buffer)
+
+    def stop_capture(self, token: Any) -> None:
+        self.capture.reset(token)
+
+    def set_encoded(self, videos: list[VideoRecord]) -> None:
+        self.encoded.set(videos)
 
 
 class MethodHandle:
@@ -115,6 +231,19 @@ def past_length(past_key_values: Any) -> int:
     if past_key_values is None:
         return 0
     return int(past_key_values.get_seq_length())
+
+
+def _warn_training(state: StopState, module: torch.nn.Module) -> None:
+    if not module.training or state.warned_training or getattr(state.config, "allow_training", False):
+        return
+    state.warned_training = True
+    warnings.warn(
+        "stop_hf: the model is in training mode (model.train()) with video pruning on. Pruning is meant for "
+        "inference: the selection is not differentiable and the pruned tokens get no gradient. Call model.eval(), "
+        "or stop_hf.unpatch(model) to train on full sequences.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- prefill
@@ -159,20 +288,23 @@ def _match_videos(
     return found
 
 
-def _compact(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sequential positions over the real (mask=1) tokens, starting at the first real token's position."""
-    out = positions.clone()
-    real = mask.bool()
-    if real.any():
-        first = positions[real][0]
-        out[real] = first + torch.arange(int(real.sum()), device=positions.device, dtype=positions.dtype)
-    return out
+def _compact(positions: torch.Tensor) -> torch.Tensor:
+    """Sequential 1-D positions over a row of real tokens, starting at its first token's position."""
+    if positions.numel() == 0:
+        return positions
+    return positions[0] + torch.arange(positions.numel(), device=positions.device, dtype=positions.dtype)
 
 
-def prune_prefill(state: StopState, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Rewrites the LM kwargs of a prefill: prunes every video, splices, positions, mask, left re-pad."""
+def prune_prefill(
+    state: StopState, video_mask: torch.Tensor, videos: list[VideoRecord], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], PrefillMap, SequenceState, list[dict[str, Any]]]:
+    """Rewrites the LM kwargs of a prefill: prunes every video, splices, positions, mask.
+
+    Every row drops its original padding; rows are left-padded to the longest kept row only.
+    """
     embeds: torch.Tensor = kwargs["inputs_embeds"]
     batch, length, _ = embeds.shape
+    device = embeds.device
     mask = kwargs.get("attention_mask")
     if mask is not None and mask.dim() != 2:
         raise StopUnsupportedError(
@@ -180,10 +312,11 @@ def prune_prefill(state: StopState, kwargs: dict[str, Any]) -> dict[str, Any]:
         )
     if mask is None:
         # An explicit mask is needed: without one, gapped position ids look like packed sequences.
-        mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+        mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    real = mask.bool()
     positions = kwargs.get("position_ids")
     if positions is None:
-        positions = torch.arange(length, device=embeds.device)[None].expand(batch, length)
+        positions = torch.arange(length, device=device)[None].expand(batch, length)
     mode = state.config.position_mode
     if mode == "auto":
         mode = state.adapter.default_position_mode(state.config.method)
@@ -193,17 +326,18 @@ def prune_prefill(state: StopState, kwargs: dict[str, Any]) -> dict[str, Any]:
             "allowed: auto, original"
         )
 
-    rows_embeds, rows_src, rows_pos, rows_mask = [], [], [], []
+    rows_embeds, rows_src, rows_pos = [], [], []
     results: dict[int, tuple[PruneResult, dict[str, Any]]] = {}
-    state.report = []
+    report: list[dict[str, Any]] = []
     for b in range(batch):
-        video_positions = state.video_mask[b].nonzero().squeeze(-1)
+        video_positions = video_mask[b].nonzero().squeeze(-1)
         pieces_embeds, pieces_src, previous = [], [], 0
-        for record, start in _match_videos(embeds[b], video_positions, state.videos):
+        for record, start in _match_videos(embeds[b], video_positions, videos):
             if id(record) not in results:
                 results[id(record)] = _run_pruner(
                     state, record, embeds[b, start : start + record.grid_tokens]
                 )
+                report.append(results[id(record)][1])
             result, entry = results[id(record)]
             entry["placements"].append((b, start))
             order = result.index
@@ -218,49 +352,99 @@ def prune_prefill(state: StopState, kwargs: dict[str, Any]) -> dict[str, Any]:
                 embeds[b, grid_end:video_end],
             ]
             pieces_src += [
-                torch.arange(previous, start, device=embeds.device),
-                start + order.to(embeds.device),
-                torch.arange(grid_end, video_end, device=embeds.device),
+                torch.arange(previous, start, device=device),
+                start + order.to(device),
+                torch.arange(grid_end, video_end, device=device),
             ]
             previous = video_end
         pieces_embeds.append(embeds[b, previous:])
-        pieces_src.append(torch.arange(previous, length, device=embeds.device))
+        pieces_src.append(torch.arange(previous, length, device=device))
         src = torch.cat(pieces_src)
-        row_mask = mask[b, src]
+        is_real = real[b, src]  # the row's original padding is dropped
+        src = src[is_real]
         row_pos = _gather_positions(positions, b, src)
         if mode == "compact":
-            row_pos = _compact(row_pos, row_mask)
-        rows_embeds.append(torch.cat(pieces_embeds))
+            row_pos = _compact(row_pos)
+        rows_embeds.append(torch.cat(pieces_embeds)[is_real])
         rows_src.append(src)
         rows_pos.append(row_pos)
-        rows_mask.append(row_mask)
 
-    new_length = max(r.shape[0] for r in rows_embeds)
+    counts = [r.shape[0] for r in rows_embeds]
+    new_length = max(max(counts), 1)
     new_embeds = embeds.new_zeros(batch, new_length, embeds.shape[-1])
     new_mask = mask.new_zeros(batch, new_length)
     pos_shape = (batch, new_length) if positions.dim() == 2 else (positions.shape[0], batch, new_length)
     new_pos = positions.new_ones(pos_shape)  # HF fills padded slots with 1
-    for b in range(batch):
-        n = rows_embeds[b].shape[0]
-        new_embeds[b, new_length - n :] = rows_embeds[b]  # left re-pad: rows with fewer kept tokens
-        new_mask[b, new_length - n :] = rows_mask[b]
+    for b, n in enumerate(counts):
+        columns = slice(new_length - n, new_length)  # left re-pad to the longest kept row
+        new_embeds[b, columns] = rows_embeds[b]
+        new_mask[b, columns] = 1
         if positions.dim() == 2:
-            new_pos[b, new_length - n :] = rows_pos[b]
+            new_pos[b, columns] = rows_pos[b]
         else:
-            new_pos[:, b, new_length - n :] = rows_pos[b]
+            new_pos[:, b, columns] = rows_pos[b]
 
     last_original = positions[:, -1] if positions.dim() == 2 else positions[0, :, -1]
     last_emitted = new_pos[:, -1] if positions.dim() == 2 else new_pos[0, :, -1]
-    state.pruned = True
-    state.original_length, state.pruned_length = length, new_length
-    state.prefill_mask = new_mask
-    state.position_offset = last_original - last_emitted
-    state.last_position = last_emitted
-    state.adapter.after_prefill(state, length, new_length)
+    next_mrope = None
+    if positions.dim() == 3:
+        mrope = positions[-3:].masked_fill(~real[None], torch.iinfo(positions.dtype).min)
+        next_mrope = mrope.amax(dim=(0, 2)) + 1
+    sequence = SequenceState(
+        original_length=length,
+        pruned_length=new_length,
+        prefill_mask=new_mask,
+        position_offset=last_original - last_emitted,
+        last_position=last_emitted,
+        next_mrope_position=next_mrope,
+    )
+    prefill_map = _prefill_map(rows_src, length, new_length)
+    for entry in report:  # the PruneResult's tensors were only needed for splicing: keep CPU copies
+        entry["result"] = _to_cpu(entry["result"])
     kwargs["inputs_embeds"] = new_embeds
     kwargs["attention_mask"] = new_mask
     kwargs["position_ids"] = new_pos
-    return kwargs
+    return kwargs, prefill_map, sequence, report
+
+
+def _prefill_map(rows_src: list[torch.Tensor], length: int, new_length: int) -> PrefillMap:
+    """The prompt position of every pruned column. Two output tokens may share a representative (FlashVID emits a
+    copy and a cluster of one index): that position shows the later one, so the map stays one-to-one."""
+    rows, pruned, original = [], [], []
+    for b, src in enumerate(rows_src):
+        src = src.cpu()
+        positions, inverse = torch.unique(src, return_inverse=True)
+        last = torch.full_like(positions, -1).scatter_reduce(
+            0, inverse, torch.arange(src.numel()), reduce="amax"
+        )
+        rows.append(torch.full_like(positions, b))
+        pruned.append(new_length - src.numel() + last)
+        original.append(positions)
+    return PrefillMap(
+        batch=len(rows_src),
+        original_length=length,
+        pruned_length=new_length,
+        rows=torch.cat(rows),
+        pruned_columns=torch.cat(pruned),
+        original_columns=torch.cat(original),
+    )
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    if isinstance(value, PruneResult):
+        return PruneResult(
+            embeds=_to_cpu(value.embeds),
+            index=_to_cpu(value.index),
+            kind=_to_cpu(value.kind),
+            info=_to_cpu(value.info),
+        )
+    return value
 
 
 def _run_pruner(
@@ -286,28 +470,46 @@ def _run_pruner(
         "tokens_after": result.index.numel() + record.trailing_tokens,
         "index": result.index.detach().cpu(),
         "kind": result.kind.detach().cpu(),
-        "info": result.info,
+        "info": _to_cpu(result.info),
         "attention": None if record.attention is None else record.attention.detach().float().cpu(),
         "signal_seconds": record.signal_seconds,
         "prune_seconds": seconds,
         "placements": [],  # (batch row, sequence start) of every occurrence of this video
         "result": result,
     }
-    state.report.append(entry)
     return result, entry
 
 
 # ---------------------------------------------------------------------------------------------------- decode
-def translate_decode(state: StopState, kwargs: dict[str, Any], past: int) -> dict[str, Any]:
-    """Maps the original-length mask/positions that generate keeps growing onto the pruned cache."""
+def sequence_of(cache: Any, state: StopState) -> SequenceState | None:
+    return (getattr(cache, CACHE_ATTRIBUTE, None) or {}).get(state.key)
+
+
+def _attach(cache: Any, state: StopState, sequence: SequenceState | None) -> None:
+    sequences = cache.__dict__.setdefault(CACHE_ATTRIBUTE, {})
+    if sequence is None:
+        sequences.pop(state.key, None)
+    else:
+        sequences[state.key] = sequence
+
+
+def translate_decode(
+    state: StopState, sequence: SequenceState, kwargs: dict[str, Any], past: int, derive_positions: bool
+) -> dict[str, Any]:
+    """Maps the original-length mask/positions that generate keeps growing onto the pruned cache.
+
+    `derive_positions`: the caller gave no position ids, so the model would count them from the (pruned) cache
+    length; they are derived from the prompt's last position instead.
+    """
     embeds = kwargs["inputs_embeds"]
     step = embeds.shape[1]
-    dropped = state.original_length - state.pruned_length
+    dropped = sequence.original_length - sequence.pruned_length
     mask = kwargs.get("attention_mask")
     if mask is not None and mask.dim() == 2:
         if mask.shape[-1] == past + step + dropped:
             kwargs["attention_mask"] = torch.cat(
-                [state.prefill_mask, mask[:, state.original_length :]], dim=-1
+                [sequence.prefill_mask.to(mask.device, mask.dtype), mask[:, sequence.original_length :]],
+                dim=-1,
             )
         elif mask.shape[-1] != past + step:
             raise StopUnsupportedError(
@@ -315,81 +517,207 @@ def translate_decode(state: StopState, kwargs: dict[str, Any], past: int) -> dic
                 f"(original coordinates) or {past + step} (pruned coordinates)"
             )
     positions = kwargs.get("position_ids")
-    if positions is None:
-        if state.adapter.positions_1d:
-            steps = torch.arange(step, device=embeds.device) + (past - state.pruned_length) + 1
-            kwargs["position_ids"] = state.last_position[:, None] + steps[None]
-    elif positions.dim() == 2 and bool(state.position_offset.any()):
-        kwargs["position_ids"] = positions - state.position_offset[:, None].to(positions.device)
+    steps = torch.arange(step, device=embeds.device) + (past - sequence.pruned_length)
+    if derive_positions:
+        if sequence.next_mrope_position is None:
+            kwargs["position_ids"] = sequence.last_position.to(embeds.device)[:, None] + 1 + steps[None]
+        else:
+            ids = sequence.next_mrope_position.to(embeds.device)[:, None] + steps[None]  # (B, step)
+            kwargs["position_ids"] = ids[None].expand(3, -1, -1)
+    elif positions is not None and positions.dim() == 2 and bool(sequence.position_offset.any()):
+        kwargs["position_ids"] = positions - sequence.position_offset[:, None].to(positions.device)
     return kwargs
 
 
+# ---------------------------------------------------------------------------------------------------- hooks
+def _has_video(kwargs: dict[str, Any]) -> bool:
+    return (
+        kwargs.get("pixel_values_videos") is not None
+        or (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
+    )
+
+
 def lm_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
-    """Forward pre-hook on the inner language model."""
+    """Forward pre-hook on the inner language model: prunes a prefill, translates a decode step."""
     if state.config.is_identity:
         return None
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
         return None
+    call: CallState | None = state.call.get()
+    fresh = call is not None and not call.lm_entered
+    video_mask = call.video_mask if fresh else None
+    if call is not None:
+        call.lm_entered = True
     cache = kwargs.get("past_key_values")
     check_cache_supported(cache)
     past = past_length(cache)
-    has_video = state.video_mask is not None and bool(state.video_mask.any())
-    if has_video and (past > 0 or state.video_mask.shape != embeds.shape[:2]):
+    has_video = video_mask is not None and bool(video_mask.any())
+    if has_video and (past > 0 or video_mask.shape != embeds.shape[:2]):
         raise StopUnsupportedError(
             "stop_hf: video tokens arrived in a continuation step (chunked prefill via prefill_chunk_size, or a new "
             "video appended to an existing cache). Pruning needs the whole prompt in one prefill."
         )
     if past == 0:
-        state.pruned = False
+        if call is not None:
+            call.prefilled = True
         if not has_video:
+            state.report.set([])  # this call pruned nothing
             return None
-        return args, prune_prefill(state, kwargs)
-    if not state.pruned:
+        _warn_training(state, module)
+        videos = state.encoded.get() or []
+        kwargs, prefill_map, sequence, report = prune_prefill(state, video_mask, videos, kwargs)
+        if cache is not None or kwargs.get("use_cache", getattr(module.config, "use_cache", True)):
+            # Decode steps follow: the unpruned features and signals are not needed any more. (Without a cache,
+            # generate re-runs the prefill at every step with the same encoded videos, which it holds anyway.)
+            state.encoded.set(None)
+        call.video_mask = None
+        call.sequence, call.prefill = sequence, prefill_map
+        state.report.set(report)
+        return args, kwargs
+    sequence = sequence_of(cache, state)
+    if sequence is None:
         return None
     if embeds.shape[1] != 1:
         raise StopUnsupportedError(
             "stop_hf: multi-token continuation after a pruned prefill (assisted decoding, chunked prefill) is not "
             "supported; generate one token per step"
         )
-    return args, translate_decode(state, kwargs, past)
+    derive = kwargs.get("position_ids") is None or (fresh and not call.positions_given)
+    return args, translate_decode(state, sequence, kwargs, past, derive)
+
+
+def lm_post_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any):
+    """Forward hook on the inner language model: attaches the pruned prefill's decode state to its KV cache."""
+    call: CallState | None = state.call.get()
+    if call is None or not call.prefilled:
+        return None
+    call.prefilled = False
+    cache = getattr(output, "past_key_values", None)
+    if cache is None:
+        cache = kwargs.get("past_key_values")
+    if cache is not None:
+        _attach(cache, state, call.sequence)
+    call.sequence = None
+    return None
 
 
 def outer_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module, args: tuple, kwargs: dict):
     """Forward pre-hook on the multimodal base model: records where the video tokens of this call are."""
-    if (
-        kwargs.get("pixel_values_videos") is None
-        and (kwargs.get("mm_encoder_outputs") or {}).get("video") is None
-    ):
+    call: CallState | None = state.call.get()
+    if call is None or call.base_entered:
+        call = CallState()  # the base model was called directly (no top-level call started this one)
+        state.call.set(call)
+    call.base_entered = True
+    call.positions_given = kwargs.get("position_ids") is not None
+    if not _has_video(kwargs):
         # No video features in this call: placeholder ids are ordinary tokens to the model (e.g. a decode step whose
         # generated token happens to be the video token id).
-        state.video_mask = None
         return None
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     if input_ids is not None:
-        state.video_mask = input_ids == video_token_id
+        call.video_mask = input_ids == video_token_id
         return None
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
-        state.video_mask = None
         return None
     token = torch.tensor(video_token_id, device=embeds.device)
     placeholder = module.get_input_embeddings()(token).to(embeds.dtype)
-    state.video_mask = (embeds == placeholder).all(-1)
+    call.video_mask = (embeds == placeholder).all(-1)
     return None
 
 
-def top_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook on the *ForConditionalGeneration model: refuses labels, which would not line up."""
-    if state.config.is_identity or kwargs.get("labels") is None:
+def _safe_logits_to_keep(kwargs: dict[str, Any], video_token_id: int) -> bool:
+    """True when `logits_to_keep` (a positive int k) selects the same tokens before and after pruning: the last k
+    prompt positions of every row are real text tokens, which pruning keeps at the right end of each row."""
+    keep = kwargs.get("logits_to_keep", 0)
+    input_ids = kwargs.get("input_ids")
+    if not isinstance(keep, int) or keep <= 0 or input_ids is None or keep > input_ids.shape[1]:
+        return False
+    tail = input_ids[:, -keep:] == video_token_id
+    mask = kwargs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() != 2):
+        return False
+    if mask is not None:
+        tail = tail | (mask[:, -keep:] == 0)
+    return not bool(tail.any())
+
+
+def top_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook on the *ForConditionalGeneration model: starts this call's state. When the call carries a
+    video, it takes `labels` (the loss is computed in prompt coordinates afterwards) and widens `logits_to_keep`
+    where pruning would move the requested positions."""
+    call = CallState()
+    state.call.set(call)
+    if state.config.is_identity or not _has_video(kwargs):
         return None
-    has_video = kwargs.get("pixel_values_videos") is not None or bool(
-        (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
-    )
-    if has_video:
-        raise StopUnsupportedError(
-            "stop_hf: forward(labels=...) with pruned video tokens is not supported: logits cover the pruned "
-            "sequence, so labels would not line up. Compute the loss from the logits of the pruned sequence, or "
-            "unpatch the model (stop_hf.unpatch) for training."
-        )
-    return None
+    call.labels = kwargs.pop("labels", None)
+    call.shift_labels = kwargs.pop("shift_labels", None)
+    if not _safe_logits_to_keep(kwargs, video_token_id):
+        call.expand_logits = True
+        call.logits_to_keep = kwargs.get("logits_to_keep", 0)
+        kwargs["logits_to_keep"] = 0
+    if kwargs.get("return_dict") is False:
+        call.return_tuple = True
+        kwargs["return_dict"] = True
+    return args, kwargs
+
+
+def top_post_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
+    """Forward hook on the *ForConditionalGeneration model: maps a pruned prefill's outputs to prompt coordinates
+    (logits, hidden states, attentions; `DROPPED_FILL` where nothing was computed) and computes the loss."""
+    from transformers.modeling_utils import slice_logits_to_keep
+
+    call: CallState | None = state.call.get()
+    if call is None or not dataclasses.is_dataclass(output):
+        return None
+    prefill, labels, shift_labels = call.prefill, call.labels, call.shift_labels
+    call.prefill = call.labels = call.shift_labels = call.video_mask = None
+    if prefill is None and labels is None and shift_labels is None and not call.return_tuple:
+        return None
+    fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    logits = fields.get("logits")
+    computed = None
+    if prefill is not None:
+        if call.expand_logits and logits is not None and logits.shape[1] == prefill.pruned_length:
+            logits = prefill.expand(logits)
+            computed = prefill.computed(logits.device)
+            if not (isinstance(call.logits_to_keep, int) and call.logits_to_keep == 0):
+                logits = slice_logits_to_keep(logits, call.logits_to_keep)
+                computed = slice_logits_to_keep(computed[..., None], call.logits_to_keep)[..., 0]
+        if fields.get("hidden_states") is not None:
+            fields["hidden_states"] = tuple(prefill.expand(h) for h in fields["hidden_states"])
+        if fields.get("attentions") is not None:
+            fields["attentions"] = tuple(
+                prefill.expand_attention(a) if a is not None and a.dim() == 4 else a
+                for a in fields["attentions"]
+            )
+    fields["logits"] = logits
+    if labels is not None or shift_labels is not None:
+        fields["loss"] = _loss(module, logits, computed, labels, shift_labels, kwargs)
+    output = type(output)(**fields)
+    return output.to_tuple() if call.return_tuple else output
+
+
+def _loss(
+    module: torch.nn.Module,
+    logits: torch.Tensor,
+    computed: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """The model's own loss over prompt coordinates; a position that carries no prediction is ignored."""
+    ignore = kwargs.get("ignore_index", -100)
+    extra = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index") if k in kwargs}
+    if computed is not None and computed.shape == logits.shape[:2]:
+        logits = logits.masked_fill(~computed[..., None], 0.0)  # no NaN reaches the loss kernel
+        if shift_labels is not None:
+            shift_labels = shift_labels.masked_fill(~computed.to(shift_labels.device), ignore)
+        else:
+            labels = labels.clone()
+            labels[:, 1:] = labels[:, 1:].masked_fill(~computed[:, :-1].to(labels.device), ignore)
+    vocab = getattr(getattr(module.config, "text_config", module.config), "vocab_size", logits.shape[-1])
+    if shift_labels is not None:
+        extra["shift_labels"] = shift_labels
+    return module.loss_function(logits=logits, labels=labels, vocab_size=vocab, **extra)

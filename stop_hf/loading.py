@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from .config import StopConfig, StopConfigError, means_no_pruning
-from .hooks import StopState, lm_pre_hook, outer_pre_hook, top_pre_hook
+from .hooks import StopState, lm_post_hook, lm_pre_hook, outer_pre_hook, top_post_hook, top_pre_hook
 from .validation import pixel_check_pre_hook
 
 ConfigLike = StopConfig | dict | str | os.PathLike
@@ -50,11 +50,13 @@ def _install(model: Any, adapter: Any, config: StopConfig) -> None:
     base, lm = adapter.base_model(model), adapter.language_model(model)
     video_token = adapter.video_token_id(model)
     state.handles = [
-        model.register_forward_pre_hook(functools.partial(top_pre_hook, state), with_kwargs=True),
+        model.register_forward_pre_hook(functools.partial(top_pre_hook, state, video_token), with_kwargs=True),
+        model.register_forward_hook(functools.partial(top_post_hook, state), with_kwargs=True),
         base.register_forward_pre_hook(
             functools.partial(outer_pre_hook, state, video_token), with_kwargs=True
         ),
         lm.register_forward_pre_hook(functools.partial(lm_pre_hook, state), with_kwargs=True),
+        lm.register_forward_hook(functools.partial(lm_post_hook, state), with_kwargs=True),
     ]
     if not config.is_identity:
         # runs before the pruning hooks, so NaN/inf pixels are named as such instead of failing inside them
@@ -125,13 +127,13 @@ def _deepcopy_patched(model: Any, memo: dict) -> Any:
     """`copy.deepcopy` of a patched model: an independent copy with its own hooks and state, same config."""
     import copy
 
-    config, report = model._stop_state.config, model._stop_state.report
+    config, report = model._stop_state.config, model._stop_state.last_report()
     unpatch(model)
     try:
         clone = copy.deepcopy(model, memo)
     finally:
         patch(model, config)
-        model._stop_state.report = report  # the original keeps its last_prune_report
+        model._stop_state.report.set(report)  # the original keeps this thread's last_prune_report
     return patch(clone, config)
 
 
@@ -159,12 +161,17 @@ def get_stop_config(model: Any) -> StopConfig | None:
 
 
 def last_prune_report(model: Any) -> list[dict[str, Any]]:
-    """Per video of the last pruned prefill: frames, grid, tokens before/after, kept `index` (flat t*N+n), `kind`,
-    method `info` (sink score, windows, segments, assignment), the saliency `attention`, and timings."""
+    """The calling thread's (or asyncio task's) last prefill on this model, one entry per video: frames, grid, tokens
+    before/after, kept `index` (flat t*N+n), `kind`, method `info` (sink score, windows, segments, assignment), the
+    saliency `attention`, timings, and `placements` (batch row, start) -- all CPU tensors.
+
+    An empty list means the last prefill pruned nothing (a text-only call, or an identity config); decode steps
+    leave the report of their prefill in place. Other threads' calls never change what this returns.
+    """
     state = getattr(model, "_stop_state", None)
     if state is None:
         raise ValueError("last_prune_report: the model is not patched by stop_hf (call stop_hf.patch first)")
-    return state.report
+    return state.last_report()
 
 
 def _model_class_for(config: Any) -> type:

@@ -9,6 +9,7 @@ import torch
 import stop_hf
 from stop_hf import StopConfig
 from stop_hf.testing import kept_logits, masked_reference_logits, spliced_reference_logits
+from stop_hf.testing.reference import pruned_logits
 
 METHODS = ["visionzip", "fastvid", "holitom"]
 # every method x sink the methods support (PruneVid has no SToP variant)
@@ -22,8 +23,9 @@ RETENTION = 0.1
 
 
 def run(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
+    """Logits in pruned coordinates (the sequence the language model ran; forward itself returns prompt
+    coordinates with NaN at dropped positions)."""
+    return pruned_logits(model, inputs)
 
 
 @pytest.mark.parametrize(("method", "sink"), MASKED_CASES)

@@ -62,6 +62,29 @@ def masked_reference_logits(
     return logits, keep & pad
 
 
+def pruned_logits(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """Logits (B, L', V) of a patched model in PRUNED coordinates (the sequence its language model ran), for
+    comparing with `spliced_reference_logits`; `model(**inputs).logits` is in prompt coordinates."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, output):
+        captured["hidden"] = output.last_hidden_state
+
+    handle = model.model.language_model.register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+            return model.lm_head(captured["hidden"])
+    finally:
+        handle.remove()
+
+
+def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical, NaN included (a pruned forward fills dropped prompt positions with NaN)."""
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    return torch.equal(nan_a, nan_b) and torch.equal(a.masked_fill(nan_a, 0), b.masked_fill(nan_b, 0))
+
+
 def kept_logits(logits: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
     """Per row, the logits at kept positions, in order: a list of (K_b, V)."""
     return [logits[b][keep[b]] for b in range(logits.shape[0])]
