@@ -19,6 +19,7 @@ from .loading import (
     unpatch,
 )
 from .sink import Sink, sink_score
+from .validation import StopInputError
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "Sink",
     "StopConfig",
     "StopConfigError",
+    "StopInputError",
     "StopUnsupportedError",
     "from_pretrained",
     "get_stop_config",

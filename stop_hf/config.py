@@ -34,6 +34,20 @@ def _check(name: str, value: Any, spec: ParamSpec, context: str = "") -> None:
         raise StopConfigError(f"stop_config.{name}={value!r} must be {spec.describe()}{context}")
 
 
+#: Type and range of every scalar StopConfig field (method parameters declare theirs on the pruner dataclass).
+#: mu_s/mu_t/gamma are bounded far above any useful value (the reference uses mu ~ 0.1-1, gamma ~ 1) so that the
+#: sink arithmetic (mu_s * 729 / patches * score, attention ** gamma) can never overflow into a non-finite score.
+FIELD_SPECS: dict[str, ParamSpec] = {
+    "retention": RETENTION_SPEC,
+    "sink": ParamSpec(bool),
+    "mu_s": ParamSpec(float, 0, 1e3, optional=True),
+    "mu_t": ParamSpec(float, 0, 1e3, optional=True),
+    "gamma": ParamSpec(float, 0, 1e2, low_open=True),
+    "saliency_layer": ParamSpec(int, optional=True),
+    "prune_images": ParamSpec(bool),
+    "signal_chunk_frames": ParamSpec(int, 1),
+}
+
 #: what `stop_config=` values mean "no pruning" everywhere (API, YAML, CLI): the model stays unpatched.
 NO_PRUNING = (None, "none")
 
@@ -96,24 +110,21 @@ class StopConfig:
             raise StopConfigError(
                 f"stop_config.method={self.method!r} is not a known method; allowed: {methods}"
             )
-        _check("retention", self.retention, RETENTION_SPEC)
+        _check("retention", self.retention, FIELD_SPECS["retention"])
         self.retention = float(self.retention)
         if self.method == "none" and self.retention != 1.0:
             raise StopConfigError(
                 f"stop_config.retention={self.retention!r} has no effect with method 'none' (nothing would be "
                 f"pruned); set stop_config.method to one of {[m for m in methods if m != 'none']}"
             )
-        _check("sink", self.sink, ParamSpec(bool))
-        for name in ("mu_s", "mu_t"):
-            _check(name, getattr(self, name), ParamSpec(float, 0, optional=True))
-        _check("gamma", self.gamma, ParamSpec(float, 0, low_open=True))
+        for name in ("sink", "mu_s", "mu_t", "gamma"):
+            _check(name, getattr(self, name), FIELD_SPECS[name])
         if self.position_mode not in POSITION_MODES:
             raise StopConfigError(
                 f"stop_config.position_mode={self.position_mode!r} is not allowed; allowed: {list(POSITION_MODES)}"
             )
-        _check("saliency_layer", self.saliency_layer, ParamSpec(int, optional=True))
-        _check("prune_images", self.prune_images, ParamSpec(bool))
-        _check("signal_chunk_frames", self.signal_chunk_frames, ParamSpec(int, 1))
+        for name in ("saliency_layer", "prune_images", "signal_chunk_frames"):
+            _check(name, getattr(self, name), FIELD_SPECS[name])
         for name, allowed_values in SIGNAL_CHOICES.items():
             if getattr(self, name) not in allowed_values:
                 raise StopConfigError(

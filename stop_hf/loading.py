@@ -50,7 +50,9 @@ def _install(model: Any, adapter: Any, config: StopConfig) -> None:
     base, lm = adapter.base_model(model), adapter.language_model(model)
     video_token = adapter.video_token_id(model)
     state.handles = [
-        model.register_forward_pre_hook(functools.partial(top_pre_hook, state, video_token), with_kwargs=True),
+        model.register_forward_pre_hook(
+            functools.partial(top_pre_hook, state, video_token), with_kwargs=True
+        ),
         model.register_forward_hook(functools.partial(top_post_hook, state), with_kwargs=True),
         base.register_forward_pre_hook(
             functools.partial(outer_pre_hook, state, video_token), with_kwargs=True

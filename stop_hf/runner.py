@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import StopConfig
-from .loading import ConfigLike, is_patched, last_prune_report, patch, unpatch
+from .config import StopConfig, means_no_pruning
+from .loading import _UNSET, ConfigLike, is_patched, last_prune_report, patch, unpatch
 
 
 @dataclass
@@ -157,12 +157,14 @@ class VideoLLM:
     def from_pretrained(
         cls,
         model_id: str | Path,
-        stop_config: ConfigLike | None = None,
+        stop_config: ConfigLike | None = _UNSET,
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         num_frames: int = 8,
         **hf_kwargs: Any,
     ) -> VideoLLM:
+        """`stop_config` as in `stop_hf.from_pretrained`: omitted -> the checkpoint's stored config (if any);
+        None or "none" -> unpruned."""
         from transformers import AutoProcessor
 
         from .loading import from_pretrained
@@ -174,15 +176,24 @@ class VideoLLM:
         return cls(model, processor, num_frames=num_frames)
 
     @classmethod
-    def tiny(cls, arch: str = "llava_onevision", stop_config: ConfigLike | None = None, num_frames: int = 8):
+    def tiny(
+        cls,
+        arch: str = "llava_onevision",
+        stop_config: ConfigLike | None = None,
+        num_frames: int = 8,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+    ):
         """The embedded tiny random model (no download), loaded through the real from_pretrained path."""
         from .testing import tiny_checkpoint
 
-        return cls.from_pretrained(tiny_checkpoint(arch), stop_config=stop_config, num_frames=num_frames)
+        return cls.from_pretrained(
+            tiny_checkpoint(arch), stop_config=stop_config, device=device, dtype=dtype, num_frames=num_frames
+        )
 
     def set_stop_config(self, stop_config: ConfigLike | None) -> None:
-        """Switches pruning on (a config) or off (None) on the loaded model."""
-        if stop_config is None:
+        """Switches pruning on (a config) or off (None or "none") on the loaded model."""
+        if means_no_pruning(stop_config):
             unpatch(self.model)
         else:
             patch(self.model, StopConfig.from_any(stop_config))

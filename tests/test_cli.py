@@ -146,6 +146,10 @@ def test_viz_writes_pngs_marking_exactly_the_reported_tokens(workdir, video, sig
 def _bad_inputs(workdir: Path, video: Path) -> dict[str, tuple[tuple[str, ...], str]]:
     garbage = workdir / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    empty = workdir / "empty.yaml"
+    empty.write_text("")
+    no_method = workdir / "no_method.yaml"
+    no_method.write_text("retention: 0.1\n")
     return {
         "missing video": (("run", "--video", "nope.mp4", "--question", "hi"), "does not exist"),
         "unreadable video": (("run", "--video", str(garbage), "--question", "hi"), "could not be decoded"),
@@ -161,6 +165,39 @@ def _bad_inputs(workdir: Path, video: Path) -> dict[str, tuple[tuple[str, ...], 
         "unknown preset (show)": (("config", "show", "nope"), "unknown"),
         "empty question": (("run", "--video", str(video), "--question", " "), "empty"),
         "viz without a video": (("viz", "--out", "x"), "needs a video"),
+        "bogus device": (
+            ("run", "--video", str(video), "--question", "hi", "--device", "bogus"),
+            "--device='bogus'",
+        ),
+        "device not on this machine": (
+            ("run", "--video", str(video), "--question", "hi", "--device", "cuda:7"),
+            "--device='cuda:7'",
+        ),
+        "missing model folder": (
+            ("run", "--video", str(video), "--question", "hi", "--model", "./no/such/model"),
+            "--model './no/such/model' does not exist",
+        ),
+        "model path is a file": (
+            ("run", "--video", str(video), "--question", "hi", "--model", str(video)),
+            "is a file",
+        ),
+        "viz --out is a file": (("viz", "--video", str(video), "--out", str(video)), "--out"),
+        "bench --frames 0": (("bench", "--frames", "0"), "--frames=0"),
+        "bench bad retention": (("bench", "--retention", "1.5"), "--retention 1.5"),
+        "demo bogus device": (("demo", "--device", "bogus"), "--device='bogus'"),
+        "bad dtype": (("run", "--video", str(video), "--question", "hi", "--dtype", "int3"), "--dtype"),
+        "empty YAML config": (
+            ("run", "--video", str(video), "--question", "hi", "--config", str(empty)),
+            "is empty",
+        ),
+        "YAML config is a folder": (
+            ("run", "--video", str(video), "--question", "hi", "--config", str(workdir) + "/"),
+            "is not a file",
+        ),
+        "config without a method": (
+            ("run", "--video", str(video), "--question", "hi", "--config", str(no_method)),
+            "stop_config.method is missing",
+        ),
     }
 
 
@@ -175,7 +212,7 @@ def _check_error(name: str, code: int, stdout: str, stderr: str, message: str) -
 def test_bad_input_subprocess(workdir, video):
     """Two cases as a user sees them (a fresh process each, run concurrently)."""
     cases = _bad_inputs(workdir, video)
-    picked = ("unreadable video", "question without video")
+    picked = ("unreadable video", "question without video", "bogus device", "bench --frames 0")
     started = {name: _start(*cases[name][0], cwd=workdir) for name in picked}
     for name, process in started.items():
         result = _finish(process)
@@ -191,3 +228,27 @@ def test_bad_input_gives_one_line_errors_and_exit_code_2(workdir, video, capsys,
         code = main(list(args))
         captured = capsys.readouterr()
         _check_error(name, code, captured.out, captured.err, message)
+
+
+def test_run_honours_device_and_dtype_for_the_tiny_model():
+    import argparse
+
+    import torch
+
+    from stop_hf.cli.run import load_model
+
+    args = argparse.Namespace(model=None, arch="llava_onevision", frames=2, device="cpu", dtype="fp16")
+    llm = load_model(args)
+    assert llm.model.dtype == torch.float16 and llm.model.device.type == "cpu"
+
+
+def test_run_with_config_none_is_unpruned(workdir, video, capsys, monkeypatch):
+    from stop_hf.cli import main
+
+    monkeypatch.chdir(workdir)
+    args = ["run", "--video", str(video), "--question", "hi", "--config", "none", "--frames", "2"]
+    assert main([*args, "--max-new-tokens", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "config: none (none (unpruned))" in out
+    tokens = next(line for line in out.splitlines() if line.startswith("video tokens")).split()[-3:]
+    assert tokens[0] == tokens[2], out

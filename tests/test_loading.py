@@ -286,12 +286,13 @@ def test_qwen_model_card_recipe_with_a_generated_mp4(tmp_path):
     messages = [
         {"role": "user", "content": [qwen_video_element(path, num_frames=6), {"type": "text", "text": "hi"}]}
     ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     _, videos, video_kwargs = process_vision_info(
         messages, return_video_kwargs=True, return_video_metadata=True
     )
     frames, metadata = zip(*videos)
     inputs = processor(
-        text=[QWEN_PROMPT],
+        text=[text],
         videos=list(frames),
         video_metadata=list(metadata),
         do_resize=False,  # qwen-vl-utils already resized to multiples of 28
@@ -305,3 +306,17 @@ def test_qwen_model_card_recipe_with_a_generated_mp4(tmp_path):
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
     report = stop_hf.last_prune_report(model)
     assert report and report[0]["tokens_after"] < report[0]["tokens_before"]
+
+
+def test_placeholder_count_mismatch_is_named(arch, reference, inputs):
+    """One video placeholder token too few: a clear error naming the video tokens, patched as unpatched."""
+    video_token = reference.config.video_token_id
+    ids = inputs["input_ids"]
+    first = int((ids[0] == video_token).nonzero()[0, 0])
+    bad = dict(inputs)
+    bad["input_ids"] = torch.cat([ids[:, :first], ids[:, first + 1 :]], dim=1)
+    bad["attention_mask"] = inputs["attention_mask"][:, 1:]
+    model = stop_hf.patch(copy.deepcopy(reference), "holitom_stop_r10")
+    for candidate in (reference, model):
+        with pytest.raises(ValueError, match=r"(?i)video.*tokens.*(do not match|mismatch)"):
+            logits_of(candidate, bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,8 +43,38 @@ def _depth(value: str | None, default: int | str) -> int | str:
     return "full" if value == "full" else int(value)
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Impossible settings are refused before any model is built."""
+    from ..bench import METHODS
+    from . import CliError
+    from .run import _dtype_or_error, check_device
+
+    for name in ("frames", "repeats", "decode_tokens"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')}={getattr(args, name)} must be a positive integer")
+    if args.warmup < 0:
+        raise CliError(f"--warmup={args.warmup} must be >= 0")
+    for value in args.retention:
+        if not 0 < value <= 1:
+            raise CliError(f"--retention {value} is out of range; allowed: 0 < r <= 1")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise CliError(f"--methods {unknown} unknown; allowed: {list(METHODS)}")
+    for flag, value in (("--depth", args.depth), ("--vision-depth", args.vision_depth)):
+        if value is not None and value != "full" and (not value.isdigit() or int(value) < 1):
+            raise CliError(f"{flag}={value!r} must be a positive integer or 'full'")
+    check_device(args.device)
+    if args.dtype is not None:
+        _dtype_or_error(args.dtype, args.device)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {args.out!r} is a file; pass a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..bench import BenchSettings, markdown_table, run_bench
+
+    check_settings(args)
 
     gpu = args.device.startswith("cuda")
     settings = BenchSettings(

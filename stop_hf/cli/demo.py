@@ -32,17 +32,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import StopConfig
-    from ..runner import VideoLLM
     from ..testing.video import write_video
+    from . import CliError
+    from .run import _dtype_or_error, check_device, check_model, load_model, resolve_config
 
-    config = StopConfig.from_any(args.config)
-    if args.model:
-        llm = VideoLLM.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, num_frames=args.frames
-        )
-    else:
-        llm = VideoLLM.tiny(args.arch, num_frames=args.frames)
+    config = resolve_config(args.config)
+    if args.frames < 1:
+        raise CliError(f"--frames={args.frames} must be a positive integer")
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens={args.max_new_tokens} must be a positive integer")
+    check_device(args.device)
+    check_model(args.model)
+    _dtype_or_error(args.dtype, args.device)
+    if args.video is not None and not Path(args.video).is_file():
+        raise FileNotFoundError(f"video file {args.video!r} does not exist or is not a file")
+    llm = load_model(args)
+    if not args.model:
         print(f"model: embedded tiny random {llm.arch} (random weights: the text is gibberish by design)")
     video = args.video
     if video is None:

@@ -62,15 +62,59 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def resolve_config(name: str):
-    from ..config import StopConfig
+    """The StopConfig a --config names, or None for "none" (unpruned)."""
+    from ..config import StopConfig, means_no_pruning
 
-    return StopConfig.from_any(name)
+    return None if means_no_pruning(name) else StopConfig.from_any(name)
+
+
+def check_device(device: str) -> None:
+    """A one-line error for a device string torch does not know or this machine does not have."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CliError(f"--device={device!r} is not a device; e.g. cpu, cuda, cuda:1, mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device={device!r}: CUDA is not available on this machine (use --device cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise CliError(
+                f"--device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise CliError(f"--device={device!r}: MPS is not available on this machine (use --device cpu)")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device={device!r} is not supported; use cpu, cuda[:N] or mps")
+
+
+def check_model(model: str | None) -> None:
+    """A local --model must be a folder; anything else must look like a Hub id (org/name)."""
+    import re
+
+    if model is None:
+        return
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CliError(f"--model {model!r} is a file; pass the checkpoint folder (with config.json)")
+        if not (path / "config.json").is_file():
+            raise CliError(f"--model folder {model!r} has no config.json; is it a checkpoint folder?")
+        return
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model) or model.startswith((".", "~")):
+        raise CliError(
+            f"--model {model!r} does not exist (not a local folder, and not a Hub id like org/name)"
+        )
 
 
 def check_inputs(args: argparse.Namespace, question: str | None = None) -> None:
     """Fails fast, before the model is loaded, on the mistakes a user makes most."""
     if args.frames < 1:
         raise CliError(f"--frames={args.frames} must be a positive integer")
+    check_device(args.device)
+    check_model(args.model)
+    _dtype_or_error(args.dtype, args.device)
     if question is not None and not question.strip():
         raise CliError("--question is empty; ask something about the video")
     if args.video and args.synthetic_video:
@@ -126,14 +170,35 @@ def decode_frames(path: str | Path, num_frames: int, progress: bool = True) -> n
     return np.stack([decoded[i] for i in picks])
 
 
+def _dtype_or_error(dtype: str, device: str) -> None:
+    from ..runner import _dtype
+
+    try:
+        _dtype(dtype, device)
+    except ValueError as exc:
+        raise CliError(f"--dtype: {exc}") from None
+
+
 def load_model(args: argparse.Namespace, stop_config: Any = None):
+    """The model of --model (or the embedded tiny one of --arch) on --device in --dtype; a model that cannot be
+    loaded is a one-line error."""
     from ..runner import VideoLLM
 
-    if args.model:
-        return VideoLLM.from_pretrained(
-            args.model, stop_config=stop_config, device=args.device, dtype=args.dtype, num_frames=args.frames
+    if not args.model:
+        return VideoLLM.tiny(
+            args.arch, stop_config=stop_config, num_frames=args.frames, device=args.device, dtype=args.dtype
         )
-    return VideoLLM.tiny(args.arch, stop_config=stop_config, num_frames=args.frames)
+    try:
+        return VideoLLM.from_pretrained(
+            str(Path(args.model).expanduser()) if Path(args.model).expanduser().exists() else args.model,
+            stop_config=stop_config,
+            device=args.device,
+            dtype=args.dtype,
+            num_frames=args.frames,
+        )
+    except OSError as exc:  # HF: not a local folder and not reachable / not a Hub repo
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"--model {args.model!r} could not be loaded: {first}") from None
 
 
 def model_video(llm: Any, path: Path, frames: np.ndarray) -> Any:

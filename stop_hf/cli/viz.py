@@ -59,6 +59,16 @@ def _signals_note(args: argparse.Namespace, arch: str) -> str:
     return f"model signals: {model}"
 
 
+def check_out_folder(out: str) -> None:
+    """--out must be a folder (existing or creatable), never a file."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CliError(f"--out {out!r} is a file; pass a folder for the PNGs and report.json")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CliError(f"--out {out!r} cannot be created: {str(parent)!r} is a file")
+
+
 def baseline_name(config_name: str) -> str:
     if "_stop_" in config_name:
         return config_name.replace("_stop_", "_baseline_")
@@ -80,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args, args.question)
     if args.columns < 1:
         raise CliError(f"--columns={args.columns} must be a positive integer")
+    check_out_folder(args.out)
     for key, config in configs.items():
-        if config.is_identity:
+        if config is None or config.is_identity:
             raise CliError(f"{labels[key]!r} prunes nothing (method none or retention 1.0): nothing to draw")
 
     from .run import synthetic_video
@@ -98,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     first = next(iter(entries.values()))
     grid = tuple(first["grid"])
     images = viz.frames_as_seen(frames, grid, arch, token_frames=int(first["frames"]))
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     named = {f"{labels[k]}": e for k, e in entries.items()}
     written = [
