@@ -92,6 +92,20 @@ def test_flashvid_per_segment_sink_score():
     assert result.info["sink_score"].shape == (196,)
 
 
+def test_flashvid_soft_threshold_on_a_long_static_segment():
+    """24 identical frames: one 17-frame segment where almost everything would merge, so the soft threshold (the
+    K-th largest parent cosine) takes over; the video still keeps its budget and stays finite."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 196, 16, generator=g).expand(24, 196, 16).contiguous()
+    attention = torch.rand(1, 196, generator=g).expand(24, 196).contiguous() + 1e-3
+    result = PRUNERS["flashvid"](retention=0.25)(PruneInput(features=features, attention=attention))
+    assert result.info["segment_sizes"] == [1] * 7 + [17]
+    assert result.info["tstm_soft_threshold_segments"] == [7]
+    total = result.info["token_budget"]
+    assert 24 * total <= result.index.numel() <= 24 * (total + 1)
+    assert torch.isfinite(result.embeds).all()
+
+
 @pytest.mark.parametrize(
     ("labels", "refined"),
     [

@@ -129,18 +129,30 @@ def selection_mask(n: int, index: torch.Tensor) -> torch.Tensor:
     return mask.scatter_(1, index, True)
 
 
+def gram_distance(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance / sqrt(D) from the Gram matrix, sqrt(|x|^2 + |y|^2 - 2 x.y): the formula `torch.cdist`
+    uses for more than 25 tokens, without its concatenated copies of the inputs. (B, M, D) -> (B, M, M), float32."""
+    x = x.float()
+    sq = (x * x).sum(dim=-1)
+    d2 = torch.baddbmm(sq[:, :, None] + sq[:, None, :], x, x.transpose(1, 2), alpha=-2.0)
+    return d2.clamp_min_(1e-30).sqrt_() / math.sqrt(max(x.shape[-1], 1))
+
+
 def dpc_knn_clusters(
-    tokens: torch.Tensor, num_centres: int, k: int
+    tokens: torch.Tensor, num_centres: int, k: int, dist: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPC-kNN clustering with plain-mean cluster tokens (FlashVID, PruneVid), batched over rows.
 
-    tokens (B, M, D), 1 <= num_centres <= M. The centres are the `num_centres` highest `delta * rho` scores (see
+    tokens (B, M, D), 1 <= num_centres <= M; dist (B, M, M) their distances / sqrt(D) (default: `pairwise_distance`,
+    torch.cdist as the references). The centres are the `num_centres` highest `delta * rho` scores (see
     `density_peak_scores`) in decreasing score order; every token joins the centre at the smallest distance (first on
     ties) and every centre joins itself. Returns centres (B, C) local indices in score order, assign (B, M) the centre
     column of every token, and means (B, C, D) float32, the plain mean of each cluster (centre included).
     """
     b, m, _ = tokens.shape
-    score, dist = density_peak_scores(tokens, k, return_dist=True)
+    if dist is None:
+        dist = pairwise_distance(tokens)
+    score = _density_peak(dist, k)
     centres = topk_lowest_index_desc(score, num_centres)
     assign = take_rows(dist, centres).argmin(dim=1)  # (B, M): rows of the centres, as the references index them
     assign.scatter_(1, centres, torch.arange(num_centres, device=tokens.device).expand(b, num_centres))
@@ -151,3 +163,37 @@ def dpc_knn_clusters(
 def topk_lowest_index_desc(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest values along the last dim, in decreasing value order, ties to the lower index."""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def masked_dpc_knn_clusters(
+    tokens: torch.Tensor, valid: torch.Tensor, num_centres: torch.Tensor, k: torch.Tensor, dist: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`dpc_knn_clusters` for rows of different sizes at once: row b clusters its `valid[b]` tokens into
+    `num_centres[b]` clusters with `k[b]` neighbours (1 <= k[b] <= num_centres[b] <= valid tokens).
+
+    tokens (B, M, D), valid (B, M) bool, num_centres and k (B,) int64, dist (B, M, M) distances / sqrt(D). Invalid
+    tokens take no part: they are nobody's neighbour, denser token, centre or member. Returns centres (B, C) local
+    indices in score order (C = max num_centres), centre_valid (B, C), assign (B, M) centre column of every valid
+    token (C for invalid ones) and means (B, C, D) float32 (zero for invalid centres).
+    """
+    b, m, _ = tokens.shape
+    device = tokens.device
+    pair = valid[:, :, None] & valid[:, None, :]
+    k_max = int(k.max())
+    nearest = torch.topk(dist.masked_fill(~valid[:, None, :], math.inf), k_max, dim=-1, largest=False).values
+    within = torch.arange(k_max, device=device) < k[:, None, None]
+    rho = torch.exp(-(torch.where(within, nearest**2, 0.0).sum(dim=-1) / k[:, None]))
+    denser = (rho[:, None, :] > rho[:, :, None]) & valid[:, None, :]
+    dist_max = dist.masked_fill(~pair, -math.inf).flatten(1).max(dim=-1).values[:, None, None]
+    delta = torch.where(denser, dist, dist_max).min(dim=-1).values
+    score = (delta * rho).masked_fill(~valid, -math.inf)
+    c_max = int(num_centres.max())
+    centres = topk_lowest_index_desc(score, c_max)
+    slots = torch.arange(c_max, device=device).expand(b, c_max)
+    centre_valid = slots < num_centres[:, None]
+    to_centres = take_rows(dist, centres).masked_fill(~centre_valid[:, :, None], math.inf)  # (B, C, M)
+    assign = to_centres.argmin(dim=1)
+    assign.scatter_(1, centres, torch.where(centre_valid, slots, assign.gather(1, centres)))
+    assign = assign.masked_fill(~valid, c_max)
+    sums, counts = group_sum(tokens, assign, c_max + 1)
+    return centres, centre_valid, assign, sums[:, :c_max] / counts[:, :c_max].clamp_min(1.0)[..., None]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import register
 from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param
-from .density import EPS, dpc_knn_clusters, split_by_mask
+from .density import EPS, gram_distance, masked_dpc_knn_clusters, split_by_mask
 
 
 @dataclass
@@ -48,6 +48,8 @@ class FlashVIDPruner(Pruner):
       with weak sinks, or tokens opposed to the segment mean) it repeats picks, which token being decided by float
       rounding. False reproduces the reference.
     - The reference edits the pooled features in place; inputs are never modified here.
+    - Cluster distances come from the Gram matrix (the formula torch.cdist uses above 25 tokens, without its copies)
+      and all frames are clustered in one masked batch; the fixtures' decisions hold with exact distances too.
     - Robustness (never hit by the reference): B is clamped to [1, N]; N = 1 takes its only token; the soft threshold
       is skipped when B * L >= L * N; zero-norm features normalise with an epsilon (no NaN).
 
@@ -111,17 +113,18 @@ class FlashVIDPruner(Pruner):
         t, n, _ = unit.shape
         cos = torch.matmul(unit, unit.transpose(1, 2))
         dist = (1.0 - cos) * w1[:, None, :] * w2[:, None, :]  # column j scaled by its own weights
-        frames = torch.arange(t, device=unit.device)
+        frame_rows = torch.arange(t, device=unit.device) * n
+        rows = dist.view(t * n, n)  # row t * N + p: dist[t, p, :]
         # the smallest entry of a column is the token itself, so the first pick uses the second-smallest
         first_score = torch.topk(dist, 2, dim=1, largest=False).values[:, 1] if n >= 2 else dist[:, 0]
         chosen = [first_score.argmax(dim=-1)]
-        running = dist[frames, chosen[0]]
-        picked = torch.zeros((t, n), dtype=torch.bool, device=unit.device)
+        running = rows.index_select(0, frame_rows + chosen[0])
+        picked = torch.zeros(t * n, dtype=torch.bool, device=unit.device)
         for _ in range(picks - 1):
-            picked[frames, chosen[-1]] = True
-            score = running.masked_fill(picked, -math.inf) if self.distinct_picks else running
+            picked[frame_rows + chosen[-1]] = True
+            score = running.masked_fill(picked.view(t, n), -math.inf) if self.distinct_picks else running
             chosen.append(score.argmax(dim=-1))
-            running = torch.minimum(running, dist[frames, chosen[-1]])
+            running = torch.minimum(running, rows.index_select(0, frame_rows + chosen[-1]))
         return torch.sort(torch.stack(chosen, dim=1), dim=-1).values
 
     # ------------------------------------------------------------------ prune
@@ -133,7 +136,8 @@ class FlashVIDPruner(Pruner):
         work = feats.float()
         total, adts_num, tstm_num = self.budgets(n)
 
-        lengths = self.segment_lengths(work.mean(dim=1))
+        frame_means = work.mean(dim=1)
+        lengths = self.segment_lengths(frame_means)
         starts = torch.tensor([0] + lengths).cumsum(0).tolist()
         segments = [(start, size) for start, size in zip(starts, lengths) if size > 0]
         seg_of_frame = torch.repeat_interleave(
@@ -160,9 +164,10 @@ class FlashVIDPruner(Pruner):
             info["sink_score"] = self.sink.score(attention)  # whole-video score, for display only
         else:
             w1 = attention * self.attention_scale
-        frame_means = work.mean(dim=1)
-        seg_means = torch.zeros(len(segments), d, device=device).index_add_(0, seg_of_frame, frame_means)
-        seg_means = seg_means / seg_len[:, None]
+        seg_onehot = (
+            F.one_hot(seg_of_frame, len(segments)).T.float() / seg_len[:, None]
+        )  # (S, T) mean weights
+        seg_means = torch.matmul(seg_onehot, frame_means)
         w2 = torch.einsum("tnd,td->tn", work, seg_means[seg_of_frame])
         unit = F.normalize(work, dim=-1, eps=EPS)
         adts_pos = self._adts(unit, w1, w2, adts_num)  # (T, A)
@@ -172,14 +177,17 @@ class FlashVIDPruner(Pruner):
         # TSTM tree merge: parents in the previous frame, ADTS tokens excluded as children and as parents.
         best = torch.full((t, n), -1.0, device=device)
         parent = torch.arange(t * n, device=device).view(t, n)
-        if t > 1:
-            cos = torch.matmul(unit[1:], unit[:-1].transpose(1, 2))  # [t-1, i, j] = cos(x[t, i], x[t-1, j])
-            cos = cos.masked_fill(adts[1:, :, None] | adts[:-1, None, :], -1.0)
-            best_prev, parent_prev = cos.max(dim=-1)
-            starts = torch.tensor([s for s, _ in segments], device=device)
-            first_frame = torch.zeros(t, dtype=torch.bool, device=device).index_fill_(0, starts, True)
-            best[1:] = torch.where(first_frame[1:, None], -1.0, best_prev)
-            parent[1:] = parent_prev + torch.arange(t - 1, device=device)[:, None] * n
+        inner = [
+            f for start, size in segments for f in range(start + 1, start + size)
+        ]  # frames with a parent
+        if inner:
+            child = torch.tensor(inner, device=device)
+            cos = torch.matmul(
+                unit[child], unit[child - 1].transpose(1, 2)
+            )  # [., i, j] = cos(x[t, i], x[t-1, j])
+            cos = cos.masked_fill(adts[child, :, None] | adts[child - 1, None, :], -1.0)
+            best[child], parent_prev = cos.max(dim=-1)
+            parent[child] = parent_prev + (child[:, None] - 1) * n
         merged = best > self.temporal_threshold
         soft = []
         for s, length in segments:
@@ -196,14 +204,28 @@ class FlashVIDPruner(Pruner):
         for _ in range(max(1, math.ceil(math.log2(max(t, 2)))) + 1):
             root = root[root]  # pointer doubling: every token reaches the unmerged root of its chain
         flat = work.reshape(t * n, d)
-        subtree = torch.zeros_like(flat).index_add_(0, root, flat) if bool(merged.any()) else flat
+        merged_flat = torch.nonzero(merged.reshape(-1)).squeeze(-1)
         children = torch.zeros(t * n, device=device).index_add_(
-            0, flat_parent[merged.reshape(-1)], torch.ones(int(merged.sum()), device=device)
+            0, flat_parent[merged_flat], torch.ones(merged_flat.numel(), device=device)
         )
+        # descendant sums, kept only for the roots that have descendants
+        with_descendants, slot = torch.unique(root[merged_flat], return_inverse=True)
+        descendant_sums = torch.zeros(with_descendants.numel(), d, device=device).index_add_(
+            0, slot, flat.index_select(0, merged_flat)
+        )
+        slot_of = torch.full((t * n,), -1, dtype=torch.long, device=device)
+        slot_of[with_descendants] = torch.arange(with_descendants.numel(), device=device)
 
         def root_values(index: torch.Tensor) -> torch.Tensor:
-            """Tree-merged value of roots `index`: the reference's divisor counts direct children only."""
-            return subtree[index] / (1.0 + children[index])[..., None]
+            """Tree-merged value of roots `index` (G, R) -> (G, R, D): (own + all descendants) / (1 + direct
+            children), the reference's divisor."""
+            own = flat.index_select(0, index.reshape(-1))
+            slots = slot_of[index.reshape(-1)]
+            if bool((slots >= 0).any()):
+                has = slots >= 0
+                own[has] += descendant_sums[slots[has]]
+                own = own / (1.0 + children[index.reshape(-1)])[:, None]
+            return own.view(*index.shape, d)
 
         single = (seg_len[seg_of_frame] == 1)[:, None]
         is_root = ~merged & (~adts | single)  # single-frame segments cluster all N tokens
@@ -223,40 +245,46 @@ class FlashVIDPruner(Pruner):
         # Output pieces: ADTS copies first, so a stable sort puts a copy before a cluster of the same index.
         frame_base = torch.arange(t, device=device)[:, None] * n
         adts_flat = (frame_base + adts_pos).reshape(-1)
-        out_flat, out_embeds = [adts_flat], [feats.reshape(t * n, d)[adts_flat]]  # bit-exact copies
+        out_flat, out_embeds = (
+            [adts_flat],
+            [feats.reshape(t * n, d).index_select(0, adts_flat)],
+        )  # exact copies
         out_kind = [torch.full_like(adts_flat, KIND_COPY)]
         root_row = torch.full((t * n,), -1, dtype=torch.long, device=device)
         rows = adts_flat.numel()
         order = split_by_mask(~is_root)  # roots first, in increasing position
-        groups: dict[tuple[int, int], list[int]] = {}
-        for frame, (roots, clusters) in enumerate(zip(roots_per_frame.tolist(), clusters_per_frame)):
-            if roots > 0 and clusters != 0:
-                groups.setdefault((roots, clusters), []).append(frame)
-        tstm_per_frame = [0] * t
-        for (roots, clusters), frames in groups.items():
-            frames_t = torch.tensor(frames, device=device)
-            root_pos = order[frames_t, :roots]  # (G, R)
-            root_flat = frames_t[:, None] * n + root_pos
-            if clusters > 0:
-                centres, assign, means = dpc_knn_clusters(
-                    root_values(root_flat), clusters, min(clusters, self.dpc_k)
-                )
-                token_flat = torch.gather(root_flat, 1, centres)
-                token_embeds = means
-                token_rows = rows + torch.arange(len(frames) * clusters, device=device).view(
-                    len(frames), clusters
-                )
-                root_row[root_flat] = torch.gather(token_rows, 1, assign)
-            else:  # rho >= 1: every root is kept as it is
-                token_flat, token_embeds = root_flat, root_values(root_flat)
-                token_rows = rows + torch.arange(root_flat.numel(), device=device).view(root_flat.shape)
-                root_row[root_flat] = token_rows
-            for frame in frames:
-                tstm_per_frame[frame] = token_flat.shape[1]
-            rows += token_flat.numel()
-            out_flat.append(token_flat.reshape(-1))
-            out_embeds.append(token_embeds.reshape(-1, d).to(feats.dtype))
-            out_kind.append(torch.full((token_flat.numel(),), KIND_MERGED, dtype=torch.long, device=device))
+        clusters = torch.tensor(clusters_per_frame, device=device)
+        clustered = torch.nonzero((clusters > 0) & (roots_per_frame > 0)).squeeze(-1)
+        kept_all = torch.nonzero((clusters < 0) & (roots_per_frame > 0)).squeeze(-1)
+        tokens_per_frame = torch.zeros(t, dtype=torch.long, device=device)
+        if clustered.numel():
+            # every clustered frame at once: its roots first, the other positions masked out
+            root_flat = clustered[:, None] * n + order[clustered]  # (G, N)
+            valid = torch.arange(n, device=device) < roots_per_frame[clustered, None]
+            values = root_values(root_flat)
+            count = clusters[clustered]
+            centres, centre_valid, assign, means = masked_dpc_knn_clusters(
+                values, valid, count, count.clamp_max(self.dpc_k), gram_distance(values)
+            )
+            slot_row = torch.full(centre_valid.shape, -1, dtype=torch.long, device=device)
+            slot_row[centre_valid] = rows + torch.arange(int(count.sum()), device=device)
+            root_row[root_flat[valid]] = slot_row.gather(1, assign.clamp_max(centres.shape[1] - 1))[valid]
+            rows += int(count.sum())
+            out_flat.append(torch.gather(root_flat, 1, centres)[centre_valid])
+            out_embeds.append(means[centre_valid].to(feats.dtype))
+            tokens_per_frame[clustered] = count
+        if kept_all.numel():  # rho >= 1: every root is kept as it is
+            keep = torch.zeros_like(is_root)
+            keep[kept_all] = is_root[kept_all]
+            root_flat = torch.nonzero(keep.reshape(-1)).squeeze(-1)
+            root_row[root_flat] = rows + torch.arange(root_flat.numel(), device=device)
+            rows += root_flat.numel()
+            out_flat.append(root_flat)
+            out_embeds.append(root_values(root_flat[None])[0].to(feats.dtype))
+            tokens_per_frame[kept_all] = roots_per_frame[kept_all]
+        tstm_rows = rows - adts_flat.numel()
+        out_kind.append(torch.full((tstm_rows,), KIND_MERGED, dtype=torch.long, device=device))
+        tstm_per_frame = tokens_per_frame.tolist()
         info["tstm_tokens_per_frame"] = tstm_per_frame
 
         index = torch.cat(out_flat)
