@@ -287,21 +287,52 @@ def _kwarg_from_pretrained(owner: type) -> classmethod:
     return classmethod(from_pretrained)
 
 
+def _backbone_from_pretrained(owner: type, pruned_class: str) -> classmethod:
+    """`owner.from_pretrained` for a supported architecture's backbone (what `AutoModel` loads): pruning lives on
+    `pruned_class`, so a requested or stored stop_config cannot apply. It warns, loads unpruned and drops the
+    stored field, instead of silently claiming a config the model does not run."""
+
+    def from_pretrained(cls: type, *args: Any, stop_config: ConfigLike | None = _UNSET, **kwargs: Any) -> Any:
+        import warnings
+
+        pretrained = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        requested, origin = _requested_config(pretrained, stop_config, kwargs)
+        if requested is not _UNSET and not means_no_pruning(requested):
+            warnings.warn(
+                f"stop_hf: {cls.__name__} is the backbone without the LM head and is loaded UNPRUNED; the stop_config "
+                f"(from {origin}) applies to {pruned_class} (e.g. AutoModelForImageTextToText). Pass "
+                "stop_config=None to silence this.",
+                UserWarning,
+                stacklevel=2,
+            )
+        model = super(owner, cls).from_pretrained(*args, **kwargs)
+        model.config.__dict__.pop("stop_config", None)
+        return model
+
+    return classmethod(from_pretrained)
+
+
 _KWARG_CLASSES: list[type] = []
 
 
 def install_from_pretrained_kwarg() -> None:
     """Makes `Cls.from_pretrained(..., stop_config=...)` work on the supported HF classes (and through
-    AutoModelForImageTextToText, which resolves to them). Without the kwarg, loading is unchanged."""
+    AutoModelForImageTextToText, AutoModelForMultimodalLM and pipeline, which resolve to them). Their backbones
+    (`AutoModel`) warn that they load unpruned. Without a requested or stored config, loading is unchanged."""
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     from stop_hf.patches import SUPPORTED_MODEL_TYPES
 
-    for name in SUPPORTED_MODEL_TYPES.values():
+    for model_type, name in SUPPORTED_MODEL_TYPES.items():
         cls = getattr(transformers, name)
         if "from_pretrained" not in cls.__dict__:
             cls.from_pretrained = _kwarg_from_pretrained(cls)
             _KWARG_CLASSES.append(cls)
+        backbone = getattr(transformers, MODEL_MAPPING_NAMES.get(model_type, ""), None)
+        if backbone is not None and "from_pretrained" not in backbone.__dict__:
+            backbone.from_pretrained = _backbone_from_pretrained(backbone, name)
+            _KWARG_CLASSES.append(backbone)
 
 
 def uninstall_from_pretrained_kwarg() -> None:

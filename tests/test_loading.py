@@ -320,3 +320,24 @@ def test_placeholder_count_mismatch_is_named(arch, reference, inputs):
     for candidate in (reference, model):
         with pytest.raises(ValueError, match=r"(?i)video.*tokens.*(do not match|mismatch)"):
             logits_of(candidate, bad)
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored config", "no stored config"])
+@pytest.mark.parametrize("kwarg", list(KWARGS))
+def test_backbone_loads_unpruned_and_says_so(arch, stored_checkpoint, stored, kwarg):
+    """`AutoModel` gives the backbone without the LM head, which stop-hf does not patch: it warns whenever a
+    config was asked for or stored, and its config never claims one."""
+    import warnings
+
+    from transformers import AutoModel
+
+    checkpoint = stored_checkpoint if stored else tiny_checkpoint(arch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = AutoModel.from_pretrained(checkpoint, **KWARGS[kwarg])
+    ours = [str(w.message) for w in caught if str(w.message).startswith("stop_hf:")]
+    asked = kwarg == "kwarg" or (kwarg == "no kwarg" and stored)
+    assert len(ours) == (1 if asked else 0), ours
+    if asked:
+        assert "loaded UNPRUNED" in ours[0] and type(model).__name__ in ours[0]
+    assert not stop_hf.is_patched(model) and "stop_config" not in model.config.__dict__
