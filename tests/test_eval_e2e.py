@@ -253,3 +253,24 @@ def test_annotations_are_checked_before_the_model_loads(tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "r.json")]) == 2  # a bogus model: never reached
     err = capsys.readouterr().err
     assert "object_shuffle.json: not valid JSON" in err and "tiny-nope" not in err
+
+
+def test_resume_of_another_run_refused_before_the_model_loads(tmp_path, capsys):
+    data = synthetic.make_videomme(tmp_path / "vm")
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text(json.dumps({"run": {"benchmark": "videomme", "data": "/elsewhere"}}) + "\n")
+    argv = [
+        "eval",
+        "--benchmark",
+        "videomme",
+        "--data",
+        str(data),
+        "--model",
+        "tiny-nope",
+        "--config",
+        "none",
+    ]
+    assert main(argv + ["--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "holds records of another run" in err and "data='/elsewhere'" in err
+    assert "unknown tiny model" not in err  # the model was never loaded

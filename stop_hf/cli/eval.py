@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..eval.benchmarks import get_benchmark
     from ..eval.judge import judge_from_args
-    from ..eval.runner import evaluate, load_samples
+    from ..eval.runner import evaluate, load_samples, open_records, run_identity
 
     bench = get_benchmark(args.benchmark)
     check_args(args)
@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"  ... and {len(bench.invalid) - 20} more (all listed in the results JSON)", file=sys.stderr
             )
-    llm = load_model(args.model, config, args.device, args.dtype, args.frames)
     run_info = {
         "model": args.model,
         "config_name": "none" if config is None else args.config,
@@ -139,6 +138,15 @@ def run(args: argparse.Namespace) -> int:
         "frames": args.frames,
         "limit": args.limit,
     }
+    # a JSONL of another run is refused before the model loads (evaluate checks it again)
+    identity = run_identity(bench.name, args.data, run_info, args.max_new_tokens)
+    done, _ = open_records(Path(args.out).with_suffix(".jsonl"), identity, repair=False)
+    if done:
+        print(
+            f"resuming: {len(done)} record(s) already in {Path(args.out).with_suffix('.jsonl')}",
+            file=sys.stderr,
+        )
+    llm = load_model(args.model, config, args.device, args.dtype, args.frames)
     results = evaluate(
         llm,
         bench,

@@ -117,22 +117,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return list(records.values())
 
 
-def open_records(path: Path, identity: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def open_records(
+    path: Path, identity: dict[str, Any], repair: bool = True
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The records already in `path` for this run (by id, the last line of an id winning) and notes on repairs.
 
     Raises when `path` was written by another run (header or record digests differ), has no header but holds
-    records (its run cannot be verified), or is corrupt before its last line. A torn last line is truncated."""
+    records (its run cannot be verified), or is corrupt before its last line. A torn last line is truncated
+    (`repair=False`: only left out, for a check that must not write)."""
     notes: list[str] = []
     if not path.is_file() or not path.stat().st_size:
         return {}, notes
     raw = path.read_bytes()
     if not raw.endswith(b"\n"):
         keep = raw.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        notes.append(f"{path}: cut off a torn last line ({len(raw) - keep} bytes, an interrupted write)")
+        if repair:
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            notes.append(f"{path}: cut off a torn last line ({len(raw) - keep} bytes, an interrupted write)")
         raw = raw[:keep]
     lines = raw.decode("utf-8").splitlines()
     if not lines:
