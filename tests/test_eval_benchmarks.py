@@ -330,3 +330,19 @@ def test_mvbench_frame_folder_task_is_run_from_its_images(tmp_path):
     frames = llm.videos[0]
     assert isinstance(frames, np.ndarray) and frames.shape == (2, 8, 8, 3)
     assert frames[0, 0, 0, 0] >= 25 and frames[-1, 0, 0, 0] <= 65  # frames 3..6 only (the [1 s, 2 s] window)
+
+
+def test_interrupted_run_keeps_its_records_and_resumes(data, tmp_path):
+    class Interrupted(Scripted):
+        def answer(self, video, question, max_new_tokens=16):
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().answer(video, question, max_new_tokens)
+
+    out = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Interrupted({}, "A"), "videomme", data["videomme"], out, progress=False)
+    assert [r["id"] for r in read_jsonl(out.with_suffix(".jsonl"))] == ["000-1", "001-1"]
+    resumed = Scripted({}, "A")
+    res = evaluate(resumed, "videomme", data["videomme"], out, progress=False)
+    assert resumed.calls == 2 and res["counts"]["evaluated"] == 4 and res["complete"]
