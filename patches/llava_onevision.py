@@ -4,32 +4,55 @@ Signals, all pooled exactly like the features (with the model's own `apply_pooli
 - attention: mean attention received per patch at the saliency layer (default: the layer producing the features),
   recomputed from that layer's q/k in a pre-hook on its `self_attn`, in frame chunks.
 - keys: that layer's keys averaged over heads.
-- global_features: the frame's mean pre-projection feature. FastVID used SigLIP's attention-pooling (MAP) head, which
-  HF LLaVA-OV checkpoints do not ship; the mean feature is the closest head-free frame descriptor.
+- global_features: the pooled output of SigLIP's attention-pooling (MAP) head on the pre-projection hidden state, as
+  the FastVID and SToP code compute it; HF LLaVA-OV checkpoints do not ship the head, so it is read alone from a SigLIP
+  checkpoint (`stop_config.siglip_head`, see `stop_hf.siglip_head`). `global_feature: mean` (opt-in, warns once) takes
+  the frame's mean pre-projection feature instead.
+- with `saliency_source: map_head`, attention is the MAP head's probe attention (the original FastVID's saliency),
+  pooled like the features.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
 
 from stop_hf.hooks import StopState, VideoRecord, wrap_method
-from stop_hf.signals import attention_received, head_mean_keys
+from stop_hf.siglip_head import SiglipMapHead, load_siglip_head
+from stop_hf.signals import attention_received, head_mean_keys, signal_dtype
 
 from .base import ArchAdapter
+
+#: `global_feature: mean` warns once per process that it is not the paper's signal.
+_MEAN_FEATURE_WARNED = False
+
+
+def _warn_mean_feature_once() -> None:
+    global _MEAN_FEATURE_WARNED
+    if not _MEAN_FEATURE_WARNED:
+        _MEAN_FEATURE_WARNED = True
+        warnings.warn(
+            "stop_config.global_feature='mean': FastVID segments the video by the frame-mean feature, which is not the "
+            "paper's signal (SigLIP's attention-pooling head, global_feature='map_head', read from "
+            "stop_config.siglip_head). On real SigLIP features the mean's cosines can sit near 1, so DySeg may not cut.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 class LlavaOnevisionAdapter(ArchAdapter):
     name = "llava_onevision"
     positions_1d = True
-    # Reference position ids: VisionZip/HoliTom/FlashVID/PruneVid renumber (compact), FastVID keeps the originals.
+    # Reference position ids: every method's reference code renumbers (compact). For FastVID that is the SToP code,
+    # which the paper's rows come from; the original FastVID code keeps original ids (position_mode: original).
     position_policy = {
         "visionzip": "compact",
         "holitom": "compact",
-        "fastvid": "original",
+        "fastvid": "compact",
         "flashvid": "compact",
         "prunevid": "compact",
     }
@@ -54,6 +77,19 @@ class LlavaOnevisionAdapter(ArchAdapter):
             return max(index, 0)
         return self.check_layer_index(configured, layers, "layers")
 
+    def map_head(self, model: Any, config: Any) -> SiglipMapHead:
+        """SigLIP's MAP head for this model's tower, read from `stop_config.siglip_head`, on the tower's device."""
+        vision = model.config.vision_config
+        tower_param = next(self.base_model(model).vision_tower.parameters())
+        return load_siglip_head(
+            config.siglip_head,
+            num_heads=vision.num_attention_heads,
+            layer_norm_eps=vision.layer_norm_eps,
+            hidden_size=vision.hidden_size,
+            device=tower_param.device,
+            dtype=signal_dtype(config.signal_dtype, tower_param.dtype),
+        )
+
     def install_capture(self, model: Any, state: StopState) -> list[Any]:
         base = self.base_model(model)
         vision = model.config.vision_config
@@ -61,10 +97,25 @@ class LlavaOnevisionAdapter(ArchAdapter):
         pooled_side = math.ceil(side / 2)
         needs = set(state.needs)
         handles: list[Any] = []
+        # FastVID's signals: the MAP head's pooled output (global feature) and probe attention (original saliency).
+        head_global = "global_features" in needs and state.config.global_feature in ("auto", "map_head")
+        probe_saliency = "attention" in needs and state.config.saliency_source == "map_head"
+        if "global_features" in needs and state.config.global_feature == "mean":
+            _warn_mean_feature_once()
+        # loaded before any hook is installed: a missing head fails with nothing half-patched
+        head = self.map_head(model, state.config) if head_global or probe_saliency else None
+        encoder_needs = needs - {"global_features"} - ({"attention"} if probe_saliency else set())
 
         def make_wrapper(original):
             def get_video_features(pixel_values_videos, *args, **kwargs):
-                buffer = {"attention": [], "keys": [], "global": [], "seconds": 0.0, "projected": {}}
+                buffer = {
+                    "attention": [],
+                    "keys": [],
+                    "global": [],
+                    "probe": [],
+                    "seconds": 0.0,
+                    "projected": {},
+                }
                 token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
                 try:
                     output = original(pixel_values_videos, *args, **kwargs)
@@ -74,8 +125,9 @@ class LlavaOnevisionAdapter(ArchAdapter):
                 videos, frames = pixel_values_videos.shape[:2]
                 started = time.perf_counter()
                 attention = keys = global_features = None
-                if buffer["attention"]:
-                    attention = base.apply_pooling(torch.cat(buffer["attention"])[..., None])[..., 0]
+                if buffer["attention"] or buffer["probe"]:
+                    per_patch = torch.cat(buffer["probe"] if probe_saliency else buffer["attention"])
+                    attention = base.apply_pooling(per_patch[..., None])[..., 0]
                 if buffer["keys"]:
                     keys = base.apply_pooling(torch.cat(buffer["keys"]))
                 if buffer["global"]:
@@ -104,17 +156,31 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
         handles.append(wrap_method(base, "get_video_features", make_wrapper))
 
-        if needs & {"attention", "keys"}:
+        if encoder_needs & {"attention", "keys"}:
             layer = self.encoder_layers(model)[self.saliency_layer_index(model, state.config.saliency_layer)]
-            handles += self._install_attention_capture(layer.self_attn, state, needs)
+            handles += self._install_attention_capture(layer.self_attn, state, encoder_needs)
 
-        if "global_features" in needs:
+        if "global_features" in needs or probe_saliency:
 
             def capture_global(module, args, kwargs):
                 buffer = state.capturing()
-                if buffer is not None:
-                    features = kwargs.get("image_features", args[0] if args else None)
-                    buffer["global"].append(features.detach().float().mean(dim=1))
+                if buffer is None:
+                    return None
+                # the pre-projection hidden state (frames, patches, H): the features LLaVA-OV projects
+                features = kwargs.get("image_features", args[0] if args else None).detach()
+                if head is None:
+                    buffer["global"].append(features.float().mean(dim=1))
+                    return None
+                started = time.perf_counter()
+                with torch.no_grad():
+                    pooled_output, probe_attention = head(features.to(head.probe.dtype))
+                if head_global:
+                    buffer["global"].append(pooled_output.float())
+                elif "global_features" in needs:
+                    buffer["global"].append(features.float().mean(dim=1))
+                if probe_saliency:
+                    buffer["probe"].append(probe_attention.float())
+                buffer["seconds"] += time.perf_counter() - started
                 return None
 
             handles.append(
@@ -163,7 +229,13 @@ class LlavaOnevisionAdapter(ArchAdapter):
                 if "attention" in needs:
                     queries = heads(module, projected, "q_proj", hidden)
                     buffer["attention"].append(
-                        attention_received(queries, keys, module.scale, state.config.signal_chunk_frames)
+                        attention_received(
+                            queries,
+                            keys,
+                            module.scale,
+                            state.config.signal_chunk_frames,
+                            signal_dtype(state.config.signal_dtype, queries.dtype),
+                        )
                     )
                 if "keys" in needs:
                     buffer["keys"].append(head_mean_keys(keys))

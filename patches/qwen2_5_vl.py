@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from stop_hf.hooks import StopState, VideoRecord, wrap_method
-from stop_hf.signals import head_mean_keys, segment_attention_received, unpermute_merge_units
+from stop_hf.siglip_head import refuse_map_head
+from stop_hf.signals import head_mean_keys, segment_attention_received, signal_dtype, unpermute_merge_units
 
 from .base import ArchAdapter
 
@@ -87,6 +88,8 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         merge = int(vision.spatial_merge_size)
         unit = merge * merge
         needs = set(state.needs)
+        # no SigLIP MAP head: FastVID uses the frame mean here (see docs/qwen2_5_vl.md)
+        refuse_map_head(state.config, needs, "Qwen2.5-VL")
         block_index = self.saliency_block_index(model, state.config.saliency_layer)
         full_attention = block_index in set(vision.fullatt_block_indexes or [])
         window_patches = (vision.window_size // vision.patch_size) ** 2
@@ -173,7 +176,14 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                         cos, sin = kwargs["position_embeddings"]
                         queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
                         buffer["attention"].append(
-                            segment_attention_received(queries, keys, cu_seqlens, module.scaling, chunk)
+                            segment_attention_received(
+                                queries,
+                                keys,
+                                cu_seqlens,
+                                module.scaling,
+                                chunk,
+                                signal_dtype(state.config.signal_dtype, queries.dtype),
+                            )
                         )
                 buffer["seconds"] += time.perf_counter() - started
                 return None

@@ -293,6 +293,21 @@ def load_siglip_head(
     return head.to(device=device, dtype=dtype)
 
 
+def refuse_map_head(config, needs, architecture: str) -> None:
+    """For a tower without SigLIP's MAP head: a ValueError naming the field if the method would read a MAP-head signal."""
+    wanted = {
+        "global_feature": "global_features" in needs and config.global_feature == "map_head",
+        "saliency_source": "attention" in needs and config.saliency_source == "map_head",
+    }
+    for field_name, refused in wanted.items():
+        if refused:
+            raise ValueError(
+                f"stop_config.{field_name}='map_head' is not available on {architecture}: its vision tower has no "
+                f"SigLIP attention-pooling head. Allowed here: global_feature 'auto' or 'mean' (the frame mean, as "
+                f"FastVID's own {architecture} code), saliency_source 'encoder'"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m stop_hf.siglip_head SOURCE OUT_DIR`: save only the head of SOURCE as OUT_DIR/model.safetensors."""
     import sys

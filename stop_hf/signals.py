@@ -57,7 +57,12 @@ def average_merge_units(values: torch.Tensor, unit: int) -> torch.Tensor:
 
 
 def segment_attention_received(
-    queries: torch.Tensor, keys: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, chunk_size: int = 8
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+    chunk_size: int = 8,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Mean attention each key receives inside its own segment of a packed sequence.
 
@@ -77,7 +82,7 @@ def segment_attention_received(
             start, end, count = bounds[i], bounds[j], j - i
             q = queries[start:end].reshape(count, n, heads, head_dim).transpose(1, 2)
             k = keys[start:end].reshape(count, n, heads, head_dim).transpose(1, 2)
-            out.append(attention_received(q, k, scale, chunk_size).reshape(-1))
+            out.append(attention_received(q, k, scale, chunk_size, dtype).reshape(-1))
         i = j
     return torch.cat(out) if out else queries.new_zeros(0, dtype=torch.float32)
 

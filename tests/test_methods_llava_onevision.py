@@ -10,6 +10,7 @@ import stop_hf
 from stop_hf import StopConfig
 from stop_hf.testing import kept_logits, masked_reference_logits, spliced_reference_logits
 from stop_hf.testing.reference import pruned_logits
+from stop_hf.testing.siglip import save_tiny_siglip_with_head
 
 METHODS = ["visionzip", "fastvid", "holitom"]
 # every method x sink the methods support (PruneVid has no SToP variant)
@@ -22,6 +23,20 @@ MASKED_CASES = [c for c in CASES if c[0] != "flashvid"]
 RETENTION = 0.1
 
 
+@pytest.fixture(scope="module")
+def siglip_head(llava_reference, tmp_path_factory):
+    """A tiny SigLIP checkpoint with its MAP head (FastVID's global feature), matching the tiny tower."""
+    folder = tmp_path_factory.mktemp("siglip_head")
+    save_tiny_siglip_with_head(llava_reference.config.vision_config, folder)
+    return str(folder)
+
+
+def config(method, siglip_head, **fields):
+    """The method at RETENTION; FastVID reads its MAP head from the tiny SigLIP checkpoint."""
+    extra = {"siglip_head": siglip_head} if method == "fastvid" else {}
+    return StopConfig(method=method, retention=RETENTION, **extra, **fields)
+
+
 def run(model, inputs):
     """Logits in pruned coordinates (the sequence the language model ran; forward itself returns prompt
     coordinates with NaN at dropped positions)."""
@@ -29,10 +44,10 @@ def run(model, inputs):
 
 
 @pytest.mark.parametrize(("method", "sink"), MASKED_CASES)
-def test_original_positions_equal_masked_reference(llava_model, llava_reference, llava_inputs, method, sink):
-    stop_hf.patch(
-        llava_model, StopConfig(method=method, retention=RETENTION, sink=sink, position_mode="original")
-    )
+def test_original_positions_equal_masked_reference(
+    llava_model, llava_reference, llava_inputs, siglip_head, method, sink
+):
+    stop_hf.patch(llava_model, config(method, siglip_head, sink=sink, position_mode="original"))
     pruned = run(llava_model, llava_inputs)
     report = stop_hf.last_prune_report(llava_model)
     reference, keep = masked_reference_logits(llava_reference, llava_inputs, report)
@@ -41,24 +56,23 @@ def test_original_positions_equal_masked_reference(llava_model, llava_reference,
 
 
 @pytest.mark.parametrize(("method", "sink"), CASES)
-def test_reference_policy_equals_spliced_reference(llava_model, llava_reference, llava_inputs, method, sink):
-    """Default positions (compact for VisionZip/HoliTom, original for FastVID) and the method's token order."""
-    stop_hf.patch(llava_model, StopConfig(method=method, retention=RETENTION, sink=sink))
+def test_reference_policy_equals_spliced_reference(
+    llava_model, llava_reference, llava_inputs, siglip_head, method, sink
+):
+    """Default positions (compact for every method: the reference code renumbers; for FastVID the SToP code's)
+    and the method's token order."""
+    stop_hf.patch(llava_model, config(method, siglip_head, sink=sink))
     pruned = run(llava_model, llava_inputs)
     report = stop_hf.last_prune_report(llava_model)
-    if method == "fastvid":
-        reference, keep = masked_reference_logits(llava_reference, llava_inputs, report)
-        expected = kept_logits(reference, keep)[0]
-    else:
-        expected = spliced_reference_logits(llava_reference, llava_inputs, report)[0]
+    expected = spliced_reference_logits(llava_reference, llava_inputs, report)[0]
     assert pruned.shape[1] == expected.shape[0]
     assert (pruned[0] - expected).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("sink", [False, True])
 @pytest.mark.parametrize("method", METHODS)
-def test_kept_count_matches_budget_and_generate_runs(llava_model, llava_inputs, method, sink):
-    stop_hf.patch(llava_model, StopConfig(method=method, retention=RETENTION, sink=sink))
+def test_kept_count_matches_budget_and_generate_runs(llava_model, llava_inputs, siglip_head, method, sink):
+    stop_hf.patch(llava_model, config(method, siglip_head, sink=sink))
     with torch.no_grad():
         out = llava_model.generate(**llava_inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == llava_inputs["input_ids"].shape[1] + 3
