@@ -17,7 +17,7 @@ import stop_hf
 from stop_hf import StopConfig
 from stop_hf.pruners import PRUNERS
 from stop_hf.testing import build_processor, masked_reference_logits, tiny_checkpoint
-from stop_hf.testing.reference import identical
+from stop_hf.testing.reference import identical, masked_reference_output
 
 ARCHS = ("llava_onevision", "qwen2_5_vl")
 PLACEHOLDER = {"llava_onevision": "<video>", "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>"}
@@ -278,6 +278,28 @@ def test_forward_logits_are_in_prompt_coordinates(arch, model, reference, inputs
     assert (out.logits[keep] - ref[keep]).abs().max() <= 1e-5
     for hidden in out.hidden_states:
         assert hidden.shape[:2] == inputs["input_ids"].shape and torch.equal(computed(hidden), keep)
+
+
+def test_attentions_are_in_prompt_coordinates(arch, model, reference, inputs):
+    """Eager attention weights: NaN rows at dropped queries, zero weight on dropped keys, the masked reference's
+    weights everywhere else."""
+    stop_hf.patch(model, config(method="visionzip", retention=0.25, position_mode="original"))
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model(**inputs, output_attentions=True).attentions
+    eager = copy.deepcopy(reference)
+    eager.set_attn_implementation("eager")
+    expected, keep = masked_reference_output(
+        eager, inputs, stop_hf.last_prune_report(model), output_attentions=True
+    )
+    length = inputs["input_ids"].shape[1]
+    assert len(attentions) == len(expected.attentions)
+    for weights, ref in zip(attentions, expected.attentions):
+        assert weights.shape == (1, ref.shape[1], length, length)
+        assert torch.isnan(weights[0][:, ~keep[0]]).all()
+        rows = weights[0][:, keep[0]]
+        assert (rows[..., ~keep[0]] == 0).all()
+        assert (rows - ref[0][:, keep[0]]).abs().max() <= 1e-5
 
 
 def continuation_log_likelihood(logits: torch.Tensor, input_ids: torch.Tensor, context: int) -> torch.Tensor:

@@ -35,6 +35,16 @@ def masked_reference_logits(
 
     `report` is `stop_hf.last_prune_report(patched_model)` for the same inputs.
     """
+    output, keep = masked_reference_output(unpatched_model, inputs, report)
+    with torch.no_grad():
+        return unpatched_model.lm_head(output.last_hidden_state), keep
+
+
+def masked_reference_output(
+    unpatched_model: Any, inputs: dict[str, Any], report: list[dict[str, Any]], **lm_kwargs: Any
+) -> tuple[Any, torch.Tensor]:
+    """The masked/merged full-length reference's language-model output (`lm_kwargs`, e.g.
+    `output_attentions=True`, go to the language model) and the kept mask (B, L)."""
     lm_inputs = capture_lm_inputs(unpatched_model, inputs)
     embeds = lm_inputs["inputs_embeds"].clone()
     batch, length, _ = embeds.shape
@@ -54,12 +64,14 @@ def masked_reference_logits(
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     attend = causal[None] & keep[:, None, :] & pad[:, None, :]
     attend = attend | torch.eye(length, dtype=torch.bool)[None]
+    mask = attend[:, None]
+    if lm_kwargs.get("output_attentions"):  # eager attention adds the mask: it must be additive, not boolean
+        mask = torch.zeros(mask.shape, dtype=embeds.dtype).masked_fill(~mask, torch.finfo(embeds.dtype).min)
     with torch.no_grad():
-        hidden = unpatched_model.model.language_model(
-            inputs_embeds=embeds, attention_mask=attend[:, None], position_ids=positions
-        ).last_hidden_state
-        logits = unpatched_model.lm_head(hidden)
-    return logits, keep & pad
+        output = unpatched_model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **lm_kwargs
+        )
+    return output, keep & pad
 
 
 def pruned_logits(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
