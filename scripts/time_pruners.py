@@ -42,7 +42,7 @@ def synthetic_input(
 
 
 def time_methods(
-    rows: list[tuple[str, bool, float]], x: PruneInput, repeats: int
+    rows: list[tuple[str, bool, float]], x: PruneInput, repeats: int, clock=time.perf_counter
 ) -> dict[tuple[str, bool, float], float]:
     """Median seconds per (method, sink, retention). The rows are timed round-robin, one call each per round, so
     that load from other processes on a shared machine falls on every method alike."""
@@ -57,11 +57,11 @@ def time_methods(
         for row, pruner in pruners.items():
             if x.features.is_cuda:
                 torch.cuda.synchronize()
-            started = time.perf_counter()
+            started = clock()
             pruner(x)
             if x.features.is_cuda:
                 torch.cuda.synchronize()
-            times[row].append(time.perf_counter() - started)
+            times[row].append(clock() - started)
     return {row: statistics.median(values) for row, values in times.items()}
 
 
@@ -79,19 +79,31 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=3584)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default). With 1 the clock is this thread's CPU time, which other "
+        "processes on a shared machine do not inflate",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    single_cpu = args.threads == 1 and args.device == "cpu"
+    clock = time.thread_time if single_cpu else time.perf_counter
 
     x = synthetic_input(args.frames, args.tokens, args.dim, sink_strength=10.0, device=args.device)
+    what = "CPU time of one thread" if single_cpu else f"wall time, {torch.get_num_threads()} threads"
     print(
-        f"pruning time, T={args.frames} N={args.tokens} D={args.dim} {args.device} fp32, median of {args.repeats}"
+        f"pruning {what}, T={args.frames} N={args.tokens} D={args.dim} {args.device} fp32, median of {args.repeats}"
     )
     print("| method | sink | r=0.10 (ms) | r=0.25 (ms) |")
     print("|---|---|---|---|")
     rows = [
         (m, s, r) for m in METHODS for s in (False, True) for r in (0.10, 0.25) if not (s and m == "prunevid")
     ]
-    seconds = time_methods(rows, x, args.repeats)
+    seconds = time_methods(rows, x, args.repeats, clock)
     for method in METHODS:
         for sink in (False, True):
             if (method, sink, 0.10) in seconds:

@@ -154,7 +154,8 @@ def dpc_knn_clusters(
         dist = pairwise_distance(tokens)
     score = _density_peak(dist, k)
     centres = topk_lowest_index_desc(score, num_centres)
-    assign = take_rows(dist, centres).argmin(dim=1)  # (B, M): rows of the centres, as the references index them
+    # (B, M): the centres' rows of the distance matrix, as the references index them
+    assign = take_rows(dist, centres).argmin(dim=1)
     assign.scatter_(1, centres, torch.arange(num_centres, device=tokens.device).expand(b, num_centres))
     sums, counts = group_sum(tokens, assign, num_centres)
     return centres, assign, sums / counts[..., None]
@@ -195,5 +196,10 @@ def masked_dpc_knn_clusters(
     assign = to_centres.argmin(dim=1)
     assign.scatter_(1, centres, torch.where(centre_valid, slots, assign.gather(1, centres)))
     assign = assign.masked_fill(~valid, c_max)
-    sums, counts = group_sum(tokens, assign, c_max + 1)
-    return centres, centre_valid, assign, sums[:, :c_max] / counts[:, :c_max].clamp_min(1.0)[..., None]
+    # per-cluster sums by index_add: a one-hot matmul would cost B*M*C*D multiply-adds
+    slot = (torch.arange(b, device=device)[:, None] * (c_max + 1) + assign).reshape(-1)
+    sums = tokens.new_zeros((b * (c_max + 1), tokens.shape[-1]), dtype=torch.float32)
+    sums.index_add_(0, slot, tokens.reshape(b * m, -1).float())
+    counts = torch.bincount(slot, minlength=b * (c_max + 1)).view(b, c_max + 1)[:, :c_max]
+    means = sums.view(b, c_max + 1, -1)[:, :c_max] / counts.clamp_min(1)[..., None]
+    return centres, centre_valid, assign, means

@@ -257,12 +257,16 @@ class FlashVIDPruner(Pruner):
         clustered = torch.nonzero((clusters > 0) & (roots_per_frame > 0)).squeeze(-1)
         kept_all = torch.nonzero((clusters < 0) & (roots_per_frame > 0)).squeeze(-1)
         tokens_per_frame = torch.zeros(t, dtype=torch.long, device=device)
-        if clustered.numel():
-            # every clustered frame at once: its roots first, the other positions masked out
-            root_flat = clustered[:, None] * n + order[clustered]  # (G, N)
-            valid = torch.arange(n, device=device) < roots_per_frame[clustered, None]
+        # Clustered frames in a few masked batches: frames with similar root counts share a batch, padded to its
+        # largest count (within 2x), so no frame pays for a full N x N distance matrix it does not need.
+        size_bin = torch.ceil(torch.log2(roots_per_frame[clustered].clamp_min(1).float())).long()
+        for bin_value in torch.unique(size_bin).tolist():
+            frames = clustered[size_bin == bin_value]
+            width = int(roots_per_frame[frames].max())
+            root_flat = frames[:, None] * n + order[frames, :width]  # (G, R) roots first
+            valid = torch.arange(width, device=device) < roots_per_frame[frames, None]
             values = root_values(root_flat)
-            count = clusters[clustered]
+            count = clusters[frames]
             centres, centre_valid, assign, means = masked_dpc_knn_clusters(
                 values, valid, count, count.clamp_max(self.dpc_k), gram_distance(values)
             )
@@ -272,7 +276,7 @@ class FlashVIDPruner(Pruner):
             rows += int(count.sum())
             out_flat.append(torch.gather(root_flat, 1, centres)[centre_valid])
             out_embeds.append(means[centre_valid].to(feats.dtype))
-            tokens_per_frame[clustered] = count
+            tokens_per_frame[frames] = count
         if kept_all.numel():  # rho >= 1: every root is kept as it is
             keep = torch.zeros_like(is_root)
             keep[kept_all] = is_root[kept_all]
