@@ -282,7 +282,14 @@ def load_siglip_head(
     num_heads / layer_norm_eps: the SigLIP tower's (the head has no config of its own; LLaVA-OV's tower is the same
     architecture). hidden_size: checked against the head's, so a head from another SigLIP size fails clearly.
     """
-    tensors = read_head_tensors(resolve_head_file(source, revision))
+    path = resolve_head_file(source, revision)
+    try:
+        tensors = read_head_tensors(path)
+    except SiglipHeadError as exc:
+        raise SiglipHeadError(
+            f"stop_config.siglip_head={source!r} ({str(path)!r}): {exc}. "
+            + _how_to_fix(DEFAULT_SIGLIP_CHECKPOINT)
+        ) from None
     found = tensors["head.probe"].shape[-1]
     if hidden_size is not None and found != hidden_size:
         raise SiglipHeadError(

@@ -113,6 +113,8 @@ def test_checkpoint_without_head_is_refused(tmp_path):
     save_file({"post_layernorm.weight": torch.ones(4)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(SiglipHeadError, match="siglip_head"):
         load_siglip_head(str(tmp_path), num_heads=1)
+    with pytest.raises(SiglipHeadError, match=r"stop_config.siglip_head=.*missing tensors \['head.probe'"):
+        load_siglip_head(str(tmp_path / "model.safetensors"), num_heads=1)
 
 
 def test_offline_without_head_names_download_and_field(tmp_path, monkeypatch):
