@@ -47,6 +47,8 @@ class FlashVIDPruner(Pruner):
       tokens; once fewer than A tokens of a frame have a positive weight product w1 * w2 (SToP's absolute offset
       with weak sinks, or tokens opposed to the segment mean) it repeats picks, which token being decided by float
       rounding. False reproduces the reference.
+    - With Q = 0 (B <= 3, i.e. r <= 3 / (1.25 N)) the reference's "else keep every root" branch keeps all roots,
+      more tokens than the frame has without pruning; here a frame then gets no TSTM tokens.
     - The reference edits the pooled features in place; inputs are never modified here.
     - Cluster distances come from the Gram matrix (the formula torch.cdist uses above 25 tokens, without its copies)
       and all frames are clustered in one masked batch; the fixtures' decisions hold with exact distances too.
