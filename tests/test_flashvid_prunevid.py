@@ -92,6 +92,15 @@ def test_flashvid_per_segment_sink_score():
     assert result.info["sink_score"].shape == (196,)
 
 
+def test_flashvid_without_tstm_budget_keeps_only_copies():
+    """B = 3 gives A = 3 and Q = 0: the reference would keep every root (more than the unpruned frame); we keep none."""
+    x = weak_sink_input(t=4)
+    pruner = PRUNERS["flashvid"](retention=0.01)
+    assert pruner.budgets(196) == (3, 3, 0)
+    result = pruner(x)
+    assert result.index.numel() == 4 * 3 and bool((result.kind == KIND_COPY).all())
+
+
 def test_flashvid_soft_threshold_on_a_long_static_segment():
     """24 identical frames: one 17-frame segment where almost everything would merge, so the soft threshold (the
     K-th largest parent cosine) takes over; the video still keeps its budget and stays finite."""
