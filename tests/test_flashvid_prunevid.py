@@ -43,11 +43,31 @@ def test_flashvid_registration_and_budgets():
     assert budgets[0.15] == (37, 26, 11) and budgets[0.20] == (49, 35, 14)
 
 
-def test_bench_rows():
-    from stop_hf.bench import METHODS, has_sink_variant
+def test_bench_rows(tmp_path):
+    from test_bench import SMALL_LLM, SMALL_VISION
+
+    from stop_hf.bench import METHODS, BenchSettings, has_sink_variant, run_bench
 
     assert {"flashvid", "prunevid"} <= set(METHODS)
-    assert has_sink_variant("flashvid") and not has_sink_variant("prunevid")  # no prunevid +SToP row
+    assert has_sink_variant("flashvid") and not has_sink_variant("prunevid")
+    settings = BenchSettings(
+        frames=2,
+        retentions=(0.25,),
+        methods=("flashvid", "prunevid"),
+        llm_layers=1,
+        warmup=0,
+        decode_tokens=1,
+        out=str(tmp_path),
+        shape_override={"llm": SMALL_LLM, "vision": SMALL_VISION},
+    )
+    rows = run_bench(settings)["rows"]
+    assert [(r["method"], r["sink"]) for r in rows[2:]] == [
+        ("flashvid", False),
+        ("flashvid", True),
+        ("prunevid", False),
+    ]
+    flashvid = rows[2]
+    assert abs(flashvid["achieved_retention"] - 1.25 * 0.25) < 0.02  # the 1.25x vision-side budget
 
 
 # ------------------------------------------------------------------------------------------------ quirks
