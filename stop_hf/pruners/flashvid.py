@@ -51,7 +51,8 @@ class FlashVIDPruner(Pruner):
       more tokens than the frame has without pruning; here a frame then gets no TSTM tokens.
     - The reference edits the pooled features in place; inputs are never modified here.
     - Cluster distances come from the Gram matrix (the formula torch.cdist uses above 25 tokens, without its copies)
-      and all frames are clustered in one masked batch; the fixtures' decisions hold with exact distances too.
+      and frames are clustered in a few masked batches (binned by root count); the fixtures' decisions hold with
+      exact distances too.
     - Robustness (never hit by the reference): B is clamped to [1, N]; N = 1 takes its only token; the soft threshold
       is skipped when B * L >= L * N; zero-norm features normalise with an epsilon (no NaN).
 
@@ -166,9 +167,8 @@ class FlashVIDPruner(Pruner):
             info["sink_score"] = self.sink.score(attention)  # whole-video score, for display only
         else:
             w1 = attention * self.attention_scale
-        seg_onehot = (
-            F.one_hot(seg_of_frame, len(segments)).T.float() / seg_len[:, None]
-        )  # (S, T) mean weights
+        # (S, T): row s averages the frames of segment s
+        seg_onehot = F.one_hot(seg_of_frame, len(segments)).T.float() / seg_len[:, None]
         seg_means = torch.matmul(seg_onehot, frame_means)
         w2 = torch.einsum("tnd,td->tn", work, seg_means[seg_of_frame])
         unit = F.normalize(work, dim=-1, eps=EPS)
@@ -179,14 +179,11 @@ class FlashVIDPruner(Pruner):
         # TSTM tree merge: parents in the previous frame, ADTS tokens excluded as children and as parents.
         best = torch.full((t, n), -1.0, device=device)
         parent = torch.arange(t * n, device=device).view(t, n)
-        inner = [
-            f for start, size in segments for f in range(start + 1, start + size)
-        ]  # frames with a parent
+        # only frames after the first of a multi-frame segment have parents: [c, i, j] = cos(x[t_c, i], x[t_c - 1, j])
+        inner = [f for start, size in segments for f in range(start + 1, start + size)]
         if inner:
             child = torch.tensor(inner, device=device)
-            cos = torch.matmul(
-                unit[child], unit[child - 1].transpose(1, 2)
-            )  # [., i, j] = cos(x[t, i], x[t-1, j])
+            cos = torch.matmul(unit[child], unit[child - 1].transpose(1, 2))
             cos = cos.masked_fill(adts[child, :, None] | adts[child - 1, None, :], -1.0)
             best[child], parent_prev = cos.max(dim=-1)
             parent[child] = parent_prev + (child[:, None] - 1) * n
@@ -247,10 +244,8 @@ class FlashVIDPruner(Pruner):
         # Output pieces: ADTS copies first, so a stable sort puts a copy before a cluster of the same index.
         frame_base = torch.arange(t, device=device)[:, None] * n
         adts_flat = (frame_base + adts_pos).reshape(-1)
-        out_flat, out_embeds = (
-            [adts_flat],
-            [feats.reshape(t * n, d).index_select(0, adts_flat)],
-        )  # exact copies
+        out_flat = [adts_flat]
+        out_embeds = [feats.reshape(t * n, d).index_select(0, adts_flat)]  # bit-exact copies
         out_kind = [torch.full_like(adts_flat, KIND_COPY)]
         root_row = torch.full((t * n,), -1, dtype=torch.long, device=device)
         rows = adts_flat.numel()
