@@ -272,6 +272,112 @@ class VideoLLM:
             report=report,
         )
 
+    # ------------------------------------------------------------------ batches
+    def decode_video(self, video: Any) -> Any:
+        """A video decoded once for `answer_batch`: (T, H, W, 3) uint8 frames (LLaVA-OV), or a qwen-vl-utils
+        element holding PIL frames and their sampling fps (Qwen2.5-VL), exactly what `answer` decodes."""
+        if self.arch == "qwen2_5_vl":
+            return qwen_video_element(video, self.num_frames)
+        return self.load_frames(video)
+
+    @staticmethod
+    def frame_count(decoded: Any) -> int:
+        """Frames of a `decode_video` result (a batch holds videos of one frame count)."""
+        return len(decoded["video"]) if isinstance(decoded, dict) else len(decoded)
+
+    def prepare_batch(self, decoded: list[Any], questions: list[str]) -> dict[str, Any]:
+        """Left-padded processor inputs, one row per (decoded video, question), on the model's device."""
+        if not decoded or len(decoded) != len(questions):
+            raise ValueError(
+                f"answer_batch needs one question per video, got {len(decoded)} videos and {len(questions)} "
+                "questions"
+            )
+        if any(not q or not str(q).strip() for q in questions):
+            raise ValueError("question must be a non-empty string")
+        counts = sorted({self.frame_count(d) for d in decoded})
+        if len(counts) > 1:  # LLaVA-OV's processor stacks a batch's videos; one count keeps both archs alike
+            raise ValueError(f"a batch holds videos of one frame count, got counts {counts}")
+        prompts = [self.prompt(q) for q in questions]
+        text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
+        if self.arch == "qwen2_5_vl":
+            from qwen_vl_utils import process_vision_info
+
+            clips, metadata, video_kwargs = [], [], {}
+            for element in decoded:  # one row at a time, as `qwen_vl_inputs` does for a single prompt
+                _, video_inputs, video_kwargs = process_vision_info(
+                    [{"role": "user", "content": [element]}],
+                    return_video_kwargs=True,
+                    return_video_metadata=True,
+                )
+                clips.append(video_inputs[0][0])
+                metadata.append(video_inputs[0][1])
+            inputs = self.processor(
+                text=prompts,
+                videos=clips,
+                video_metadata=metadata,
+                do_resize=False,
+                cap_pixels_per_frame=True,
+                **text_kwargs,
+                **video_kwargs,
+            )
+        else:
+            clips = [torch.from_numpy(np.ascontiguousarray(f)).permute(0, 3, 1, 2) for f in decoded]
+            inputs = self.processor(text=prompts, videos=clips, **text_kwargs)
+        return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def answer_batch(
+        self, videos: list[Any], questions: list[str], max_new_tokens: int = 32, **generate_kwargs: Any
+    ) -> list[Answer]:
+        """One `Answer` per (video, question), generated as one left-padded batch. Each row's text and token
+        counts equal `answer` on that row alone (lean batches: docs/guarantees.md). `videos` may be paths, clips,
+        frame arrays or `decode_video` results; every video must have the same frame count. The batch's timings
+        are split equally over its rows (`timings["batch_size"]` says how many shared them)."""
+        from stop_hf.patches import adapter_for
+
+        decoded = [v if isinstance(v, dict) else self.decode_video(v) for v in videos]
+        inputs = self.prepare_batch(decoded, questions)
+        adapter = adapter_for(self.model)
+        timer = StageTimer(adapter.vision_module(self.model), adapter.language_model(self.model))
+        generate_kwargs.setdefault("do_sample", False)
+        started = time.perf_counter()
+        with timer.measure():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+        total = time.perf_counter() - started
+        rows = len(decoded)
+        prompt_length = inputs["input_ids"].shape[1]
+        texts = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        video_tokens = (inputs["input_ids"] == adapter.video_token_id(self.model)).sum(dim=1).tolist()
+        real_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        report = last_prune_report(self.model) if is_patched(self.model) else []
+        dropped = [0] * rows
+        for entry in report:
+            for row, _ in entry["placements"]:
+                dropped[row] += entry["tokens_before"] - entry["tokens_after"]
+        shared = {
+            "vision": timer.times["vision"],
+            "signals": sum(e["signal_seconds"] for e in report),
+            "pruning": sum(e["prune_seconds"] for e in report),
+            "prefill": timer.times["prefill"],
+            "decode": timer.times["decode"],
+            "total": total,
+        }
+        timings = {k: v / rows for k, v in shared.items()}
+        timings["decode_per_token"] = timer.times["decode"] / max(timer.decode_steps, 1)
+        timings["batch_size"] = rows
+        return [
+            Answer(
+                text=texts[row].strip(),
+                prompt_tokens=int(real_tokens[row]),
+                prompt_tokens_after=int(real_tokens[row]) - dropped[row],
+                video_tokens=int(video_tokens[row]),
+                video_tokens_after=int(video_tokens[row]) - dropped[row],
+                timings=dict(timings),
+                report=[e for e in report if any(r == row for r, _ in e["placements"])],
+            )
+            for row in range(rows)
+        ]
+
 
 def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
     """A qwen-vl-utils video element for a file, a `VideoClip` or a frame array: PIL frames plus their sampling fps.

@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Runs a benchmark from its official local file layout (docs/evaluation.md). Per-sample results "
         "are appended to OUT.jsonl, so an interrupted run resumes where it stopped (samples that errored are run "
         "again; a JSONL written by another run is refused). The annotations are validated before the model "
-        "loads. `--config none` is the unpruned reference run.",
+        "loads. `--config none` is the unpruned reference run. Data parallel: `accelerate launch --num_processes N -m "
+        "stop_hf.cli eval ...` splits the samples over N processes and merges their records (docs/paper_table.md).",
     )
     parser.add_argument("--benchmark", required=True, help=f"one of {sorted(REGISTRY)}")
     parser.add_argument("--data", required=True, help="the benchmark's data folder")
@@ -56,6 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--judge-model", help="judge model name (env STOP_HF_JUDGE_MODEL)")
     parser.add_argument("--judge-api-key", help="judge API key (env STOP_HF_JUDGE_API_KEY or OPENAI_API_KEY)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="samples per generate call, batched among samples of one frame count (results equal batch size 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -81,6 +88,16 @@ def load_model(model: str, config, device: str, dtype: str, frames: int):
     return VideoLLM.from_pretrained(model, stop_config=config, device=device, dtype=dtype, num_frames=frames)
 
 
+def _save_tiny_checkpoint(model: str) -> None:
+    """Writes this process's tiny checkpoint before a process group exists: once one does, transformers'
+    `save_pretrained` writes only on rank 0, and the other ranks would find an empty folder."""
+    from ..testing.models import ARCHITECTURES, tiny_checkpoint
+
+    arch = model[len(TINY_PREFIX) :]
+    if model.startswith(TINY_PREFIX) and arch in ARCHITECTURES:
+        tiny_checkpoint(arch)
+
+
 def parse_config(name: str):
     from ..config import StopConfig
 
@@ -94,6 +111,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Impossible settings are refused before anything is loaded."""
     if args.frames is None or args.frames < 1:
         raise ValueError(f"--frames {args.frames}: must be >= 1 (frames sampled per video)")
+    if args.batch_size is None or args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit}: must be >= 1")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -111,26 +130,32 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..eval.benchmarks import get_benchmark
+    from ..eval.distributed import device_for_rank, launched_ranks
     from ..eval.judge import judge_from_args
-    from ..eval.runner import evaluate, load_samples, open_records, run_identity
+    from ..eval.runner import evaluate, existing_records, load_samples, run_identity
 
     bench = get_benchmark(args.benchmark)
     check_args(args)
     config, config_dict = parse_config(args.config)
     judge = judge_from_args(args.judge_url, args.judge_model, args.judge_api_key)
     samples, n_total = load_samples(bench, args.data, args.limit)  # validated before the model loads
+    _save_tiny_checkpoint(args.model)
+    ranks = launched_ranks()  # one process, or this rank of an `accelerate launch`
+
+    def note(text: str) -> None:  # the main process reports; the other ranks only run their share
+        if ranks.is_main:
+            print(text, file=sys.stderr)
+
     for path in bench.annotation_files:
-        print(f"annotations: {path}", file=sys.stderr)
-    for note in bench.notes:
-        print(f"note: {note}", file=sys.stderr)
+        note(f"annotations: {path}")
+    for line in bench.notes:
+        note(f"note: {line}")
     if bench.invalid:
-        print(f"{len(bench.invalid)} broken annotation entries left out:", file=sys.stderr)
+        note(f"{len(bench.invalid)} broken annotation entries left out:")
         for problem in bench.invalid[:20]:
-            print(f"  {problem}", file=sys.stderr)
+            note(f"  {problem}")
         if len(bench.invalid) > 20:
-            print(
-                f"  ... and {len(bench.invalid) - 20} more (all listed in the results JSON)", file=sys.stderr
-            )
+            note(f"  ... and {len(bench.invalid) - 20} more (all listed in the results JSON)")
     run_info = {
         "model": args.model,
         "config_name": "none" if config is None else args.config,
@@ -140,13 +165,16 @@ def run(args: argparse.Namespace) -> int:
     }
     # a JSONL of another run is refused before the model loads (evaluate checks it again)
     identity = run_identity(bench.name, args.data, run_info, args.max_new_tokens)
-    done, _ = open_records(Path(args.out).with_suffix(".jsonl"), identity, repair=False)
+    done, _ = existing_records(Path(args.out).with_suffix(".jsonl"), identity)
     if done:
-        print(
-            f"resuming: {len(done)} record(s) already in {Path(args.out).with_suffix('.jsonl')}",
-            file=sys.stderr,
+        note(
+            f"resuming: {len(done)} record(s) already in {Path(args.out).with_suffix('.jsonl')} "
+            "(and its rank files)"
         )
-    llm = load_model(args.model, config, args.device, args.dtype, args.frames)
+    if ranks.world_size > 1:
+        note(f"data parallel: {ranks.world_size} processes, each writes its OUT.rank<R>.jsonl; rank 0 merges")
+    device = device_for_rank(args.device, ranks)
+    llm = load_model(args.model, config, device, args.dtype, args.frames)
     results = evaluate(
         llm,
         bench,
@@ -161,7 +189,12 @@ def run(args: argparse.Namespace) -> int:
         retry_errors=not args.keep_errors,
         samples=samples,
         n_in_benchmark=n_total,
+        batch_size=args.batch_size,
+        ranks=ranks,
     )
+    ranks.close()  # the results are written: the other ranks may go
+    if not ranks.is_main:
+        return 0
     if args.reference:
         import json
 
@@ -183,5 +216,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if not results["complete"]:
         print("the run is INCOMPLETE: errors, broken annotation entries or samples not run; see 'counts'")
+    rates = results["throughput"]
+    if rates["samples_per_second"]:
+        print(
+            f"{rates['samples_run']} sample(s) in {rates['wall_seconds']:.1f} s on {results['world_size']} "
+            f"process(es), batch size {results['batch_size']}: {rates['samples_per_second']:.3g} samples/s"
+        )
     print(f"results: {args.out}")
     return 0

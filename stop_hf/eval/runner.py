@@ -14,11 +14,13 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..runner import VideoClip
 from .benchmarks import Benchmark, Sample, get_benchmark
+from .distributed import Ranks, rank_record_files, rank_records_path, shard
 from .metrics import relative_drop
 
 RESULTS_VERSION = 2
@@ -233,9 +235,16 @@ def _video_input(llm: Any, sample: Sample) -> Any:
     return VideoClip(path, *sample.window) if sample.window else path
 
 
-def evaluate_sample(
-    bench: Benchmark, llm: Any, sample: Sample, judge: Any, max_new_tokens: int | None
-) -> dict:
+def _generation_limit(bench: Benchmark, sample: Sample, max_new_tokens: int | None) -> int:
+    return max_new_tokens or (
+        getattr(bench, "desc_max_new_tokens", bench.max_new_tokens)
+        if sample.kind == "judge"
+        else bench.max_new_tokens
+    )
+
+
+def _unanswerable(sample: Sample, judge: Any) -> dict[str, Any] | None:
+    """The final record of a sample the model cannot be asked about (no judge, missing video), else None."""
     record = _record(sample)
     if sample.kind == "judge" and judge is None:
         record["skipped"] = "no judge configured"
@@ -243,16 +252,12 @@ def evaluate_sample(
     if not Path(sample.video).exists():
         record["error"] = f"missing video file: {sample.video}"
         return record
-    limit = max_new_tokens or (
-        getattr(bench, "desc_max_new_tokens", bench.max_new_tokens)
-        if sample.kind == "judge"
-        else bench.max_new_tokens
-    )
-    try:
-        answer = llm.answer(_video_input(llm, sample), bench.prompt(sample), max_new_tokens=limit)
-    except Exception as exc:  # noqa: BLE001 - one broken sample must not stop the run; it is recorded
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        return record
+    return None
+
+
+def _answered(bench: Benchmark, sample: Sample, answer: Any, judge: Any) -> dict[str, Any]:
+    """The record of an answered sample: text, token counts, timings and its official score."""
+    record = _record(sample)
     record["answer"] = answer.text
     for key in ("prompt_tokens", "prompt_tokens_after", "video_tokens", "video_tokens_after"):
         record[key] = getattr(answer, key, None)
@@ -267,6 +272,75 @@ def evaluate_sample(
     else:
         record["score"] = bench.score(sample, answer.text)
     return record
+
+
+def _failed(sample: Sample, exc: Exception) -> dict[str, Any]:
+    return {**_record(sample), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def evaluate_sample(
+    bench: Benchmark, llm: Any, sample: Sample, judge: Any, max_new_tokens: int | None
+) -> dict:
+    record = _unanswerable(sample, judge)
+    if record is not None:
+        return record
+    limit = _generation_limit(bench, sample, max_new_tokens)
+    try:
+        answer = llm.answer(_video_input(llm, sample), bench.prompt(sample), max_new_tokens=limit)
+    except Exception as exc:  # noqa: BLE001 - one broken sample must not stop the run; it is recorded
+        return _failed(sample, exc)
+    return _answered(bench, sample, answer, judge)
+
+
+def evaluate_batched(
+    bench: Benchmark,
+    llm: Any,
+    samples: list[Sample],
+    judge: Any,
+    max_new_tokens: int | None,
+    batch_size: int,
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
+    """Runs `samples` in batches of up to `batch_size` that share a frame count and a generation length (one
+    left-padded `generate` each; lean batches make each row equal its single run), calling `emit(record)` per
+    sample as soon as it is known. A sample whose video fails to decode is recorded alone; a batch whose
+    generation fails is run again one sample at a time, so each failure is recorded on its own sample."""
+    pending: dict[tuple[int, int], list[tuple[Sample, Any]]] = {}
+
+    def run(items: list[tuple[Sample, Any]], limit: int) -> None:
+        try:
+            answers = llm.answer_batch(
+                [video for _, video in items], [bench.prompt(s) for s, _ in items], max_new_tokens=limit
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded on the sample that broke the batch, the run goes on
+            if len(items) == 1:
+                emit(_failed(items[0][0], exc))
+            else:
+                for item in items:
+                    run([item], limit)
+            return
+        for (sample, _), answer in zip(items, answers):
+            emit(_answered(bench, sample, answer, judge))
+
+    def flush(key: tuple[int, int]) -> None:
+        run(pending.pop(key), key[1])
+
+    for sample in samples:
+        record = _unanswerable(sample, judge)
+        if record is not None:
+            emit(record)
+            continue
+        try:
+            video = llm.decode_video(_video_input(llm, sample))
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            emit(_failed(sample, exc))
+            continue
+        key = (llm.frame_count(video), _generation_limit(bench, sample, max_new_tokens))
+        pending.setdefault(key, []).append((sample, video))
+        if len(pending[key]) >= batch_size:
+            flush(key)
+    for key in list(pending):
+        flush(key)
 
 
 def check_generation_length(max_new_tokens: int | None) -> None:
@@ -290,6 +364,53 @@ def load_samples(
     return (samples[:limit] if limit is not None else samples), len(samples)
 
 
+def _standing(record: dict[str, Any]) -> int:
+    return 0 if "error" in record else 1 if record.get("skipped") else 2
+
+
+def existing_records(
+    records_path: Path, identity: dict[str, Any], own: Path | None = None
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Every record of this run already written: `records_path` (`OUT.jsonl`) and all its rank files, each checked
+    against `identity` (another run's file raises). Only `own` (the file this process appends to) is repaired; the
+    others are read as they are. Across files an answered record beats a skipped one, which beats an error."""
+    done: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    paths = [records_path, *rank_record_files(records_path)]
+    if own is not None and own not in paths:
+        paths.append(own)
+    paths.sort(key=lambda path: path == own)  # the own file last: its records are the newest
+    for path in paths:
+        records, repaired = open_records(path, identity, repair=path == own)
+        notes += repaired
+        for key, record in records.items():
+            if key not in done or _standing(record) >= _standing(done[key]):
+                done[key] = record
+    return done, notes
+
+
+def merge_rank_files(records_path: Path, identity: dict[str, Any], order: list[str]) -> None:
+    """Writes every record of `records_path` and its rank files into `records_path` (header first, then the ids
+    of `order`, then any others), atomically, then removes the rank files. A crash at any point loses nothing:
+    the rank files go only once the merged file is on disk."""
+    rank_files = rank_record_files(records_path)
+    if not rank_files:
+        return
+    done, _ = existing_records(records_path, identity)
+    position = {key: i for i, key in enumerate(order)}
+    ids = sorted(done, key=lambda key: (position.get(key, len(order)), key))
+    partial = records_path.with_name(records_path.name + ".merging")
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"run": identity}, default=str, ensure_ascii=False) + "\n")
+        for key in ids:
+            f.write(json.dumps(done[key], default=str, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, records_path)
+    for path in rank_files:
+        path.unlink()
+
+
 def evaluate(
     llm: Any,
     benchmark: str | Benchmark,
@@ -305,23 +426,32 @@ def evaluate(
     retry_errors: bool = True,
     samples: list[Sample] | None = None,
     n_in_benchmark: int | None = None,
+    batch_size: int = 1,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Runs (or resumes) one benchmark; writes `out` (results JSON) and `out.with_suffix('.jsonl')` (records).
 
     Samples recorded with an error (a missing video, a failed generation) are run again on resume unless
-    `retry_errors=False`. Pass `samples` (from `load_samples`) to validate the annotations before loading a model."""
+    `retry_errors=False`. Pass `samples` (from `load_samples`) to validate the annotations before loading a model.
+    `batch_size` > 1 runs samples of one frame count together (`VideoLLM.answer_batch`). Under `accelerate launch`
+    (`ranks` from `distributed.launched_ranks`) each rank runs its share into `OUT.rank<R>.jsonl`, and the main
+    process merges and scores: it returns the results, the other ranks `{"rank": R, ...}` with their counts."""
     from tqdm.auto import tqdm
 
     check_generation_length(max_new_tokens)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    ranks = ranks or Ranks()
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     if samples is None:
         samples, n_in_benchmark = load_samples(bench, data_dir, limit)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records_path = out.with_suffix(".jsonl")
+    own_path = records_path if ranks.world_size == 1 else rank_records_path(records_path, ranks.rank)
     identity = run_identity(bench.name, data_dir, run_info, max_new_tokens)
     digest = identity_digest(identity)
-    done, notes = open_records(records_path, identity)
+    done, notes = existing_records(records_path, identity, own=own_path)
     for note in notes:
         print(f"stop-hf eval: {note}", file=sys.stderr)
 
@@ -333,16 +463,51 @@ def evaluate(
             return retry_errors
         return bool(judge is not None and old.get("skipped"))  # a skipped judged sample, now with a judge
 
-    todo = [s for s in samples if needs_run(s)]
+    mine = shard(samples, ranks.rank, ranks.world_size)
+    todo = [s for s in mine if needs_run(s)]
     started = time.perf_counter()
-    with RecordWriter(records_path) as writer:
-        if not records_path.stat().st_size:  # the header that lets a later run check it resumes the same run
+    computed: list[dict[str, Any]] = []
+    with RecordWriter(own_path) as writer:
+        if not own_path.stat().st_size:  # the header that lets a later run check it resumes the same run
             writer.write({"run": identity})
-        bar = tqdm(todo, desc=bench.name, unit="sample", disable=not progress, dynamic_ncols=True)
-        for sample in bar:
-            record = {**evaluate_sample(bench, llm, sample, judge, max_new_tokens), "run": digest}
-            done[sample.id] = record
+        where = f" [rank {ranks.rank}/{ranks.world_size}]" if ranks.world_size > 1 else ""
+        bar = tqdm(
+            total=len(todo),
+            desc=bench.name + where,
+            unit="sample",
+            disable=not progress,
+            dynamic_ncols=True,
+            position=ranks.rank,
+        )
+
+        def emit(record: dict[str, Any]) -> None:
+            record = {**record, "run": digest}
+            done[record["id"]] = record
+            computed.append(record)
             writer.write(record)
+            bar.update(1)
+
+        if batch_size == 1:
+            for sample in todo:
+                emit(evaluate_sample(bench, llm, sample, judge, max_new_tokens))
+        else:
+            evaluate_batched(bench, llm, todo, judge, max_new_tokens, batch_size, emit)
+        bar.close()
+    mine_stats = {
+        "rank": ranks.rank,
+        "samples": len(mine),
+        "run": len(todo),
+        "seconds": time.perf_counter() - started,
+        **_token_totals(computed),
+    }
+    ranks.wait()  # every rank's records are on disk
+    per_rank = ranks.gather(mine_stats)
+    if not ranks.is_main:
+        return {"rank": ranks.rank, "world_size": ranks.world_size, **mine_stats}
+    merge_rank_files(records_path, identity, [s.id for s in samples])
+    if ranks.world_size > 1:
+        done, _ = existing_records(records_path, identity)
+    seconds = time.perf_counter() - started
     records = [done[s.id] for s in samples if s.id in done]
     results = {
         "format": RESULTS_VERSION,
@@ -355,8 +520,12 @@ def evaluate(
         **summarize(bench, samples, records, n_in_benchmark or len(samples)),
         "repairs": notes,
         "efficiency": _efficiency(records),
+        "world_size": ranks.world_size,
+        "batch_size": batch_size,
+        "per_rank": per_rank,
+        "throughput": _throughput(per_rank, seconds),
         "records": str(records_path.resolve()),
-        "seconds_this_run": time.perf_counter() - started,
+        "seconds_this_run": seconds,
         "versions": versions(),
         "device": device_info(llm),
     }
@@ -367,6 +536,32 @@ def evaluate(
             results["vs_reference"] = {"refused": str(exc)}
     out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     return results
+
+
+def _token_totals(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Samples answered and their video tokens before / after pruning, over `records`."""
+    answered = [r for r in records if "answer" in r and r.get("video_tokens") is not None]
+    return {
+        "answered": len(answered),
+        "video_tokens": sum(r["video_tokens"] for r in answered),
+        "video_tokens_after": sum(r["video_tokens_after"] for r in answered),
+    }
+
+
+def _throughput(per_rank: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """This launch's rates over its wall time (all ranks together): samples run (answered or not) and the video
+    tokens of the answered ones, before and after pruning. A resumed launch counts only what it ran."""
+    run = sum(r["run"] for r in per_rank)
+    tokens = sum(r["video_tokens"] for r in per_rank)
+    tokens_after = sum(r["video_tokens_after"] for r in per_rank)
+    rate = (lambda n: n / seconds) if seconds > 0 else (lambda n: None)
+    return {
+        "samples_run": run,
+        "wall_seconds": seconds,
+        "samples_per_second": rate(run),
+        "video_tokens_per_second": rate(tokens),
+        "video_tokens_after_per_second": rate(tokens_after),
+    }
 
 
 def sample_set_digest(ids: list[str]) -> str:

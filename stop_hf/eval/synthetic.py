@@ -125,28 +125,39 @@ def make_mvbench(root: str | Path, num_frames: int = 4) -> Path:
     return root
 
 
-def make_videomme(root: str | Path, num_frames: int = 4) -> Path:
-    """Annotations as `videomme/test.json` (the parquet's rows; parquet is read when pandas/pyarrow are present)."""
+def make_videomme(
+    root: str | Path, num_frames: int | tuple[int, ...] = 4, questions: int = 4, per_video: int = 1
+) -> Path:
+    """Annotations as `videomme/test.json` (the parquet's rows; parquet is read when pandas/pyarrow are present).
+
+    `questions` rows, `per_video` of them on each video (the real release asks 3 per video); `num_frames` may be a
+    tuple of frame counts cycled over the videos (videos of several lengths, for batching by frame count)."""
     root = Path(root)
     (root / "videomme").mkdir(parents=True, exist_ok=True)
+    counts = (num_frames,) if isinstance(num_frames, int) else tuple(num_frames)
+    durations, answers = ("short", "short", "medium", "long"), "ACBD"
     rows = []
-    for i, (duration, answer) in enumerate([("short", "A"), ("short", "C"), ("medium", "B"), ("long", "D")]):
+    for i in range(questions):
+        video = i // per_video
         rows.append(
             {
-                "video_id": f"{i:03d}",
-                "duration": duration,
+                "video_id": f"{video:03d}",
+                "duration": durations[video % 4],
                 "domain": "Knowledge",
                 "sub_category": "Synthetic",
                 "url": "",
-                "videoID": f"vid{i}",
-                "question_id": f"{i:03d}-1",
+                "videoID": f"vid{video}",
+                "question_id": f"{video:03d}-{i % per_video + 1}",
                 "task_type": "Counting Problem" if i % 2 else "Action Recognition",
-                "question": "What moves in the video?",
+                "question": ("What moves in the video?", "Which object is the main one here?")[
+                    i % per_video % 2
+                ],
                 "options": ["A. a square", "B. a circle", "C. a dog", "D. nothing"],
-                "answer": answer,
+                "answer": answers[i % 4],
             }
         )
-        _video(root / "data" / f"vid{i}.mp4", i, num_frames)
+        if i % per_video == 0:
+            _video(root / "data" / f"vid{video}.mp4", video, counts[video % len(counts)])
     (root / "videomme" / "test.json").write_text(json.dumps(rows))
     return root
 
