@@ -567,7 +567,10 @@ def lm_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: 
         _warn_training(state, module)
         videos = state.encoded.get() or []
         kwargs, prefill_map, sequence, report = prune_prefill(state, video_mask, videos, kwargs)
-        if cache is not None or kwargs.get("use_cache", getattr(module.config, "use_cache", True)):
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(module.config, "use_cache", True)
+        if cache is not None or use_cache:
             # Decode steps follow: the unpruned features and signals are not needed any more. (Without a cache,
             # generate re-runs the prefill at every step with the same encoded videos, which it holds anyway.)
             state.encoded.set(None)

@@ -381,9 +381,11 @@ def test_training_mode_warns_once(arch, model, inputs):
 
 def test_no_unpruned_tensors_stay_referenced(arch, model, inputs):
     stop_hf.patch(model, config(method="visionzip", retention=0.1))
-    with torch.no_grad():
-        model.generate(**inputs, max_new_tokens=2, do_sample=False)
     state = model._stop_state
+    with torch.no_grad():
+        model(**inputs)  # a plain forward (use_cache from the config)
+        assert state.encoded.get() is None
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert state.encoded.get() is None and state.capturing() is None
     call = state.call.get()
     assert call.video_mask is None and call.prefill is None and call.labels is None
