@@ -7,13 +7,17 @@ Registered through lmms-eval's entry-point group `lmms_eval.models` (see `manife
         --tasks mvbench --batch_size 1
 
 `stop_config` is a preset name or a YAML path (`none` = unpruned). The model side is `stop_hf.runner.VideoLLM`,
-the same code path as `stop-hf eval`. Unlike lmms-eval's own HF wrappers, a failed generation raises instead of
+the same code path as `stop-hf eval`. Data parallel: `accelerate launch --num_processes N -m lmms_eval ...`; each
+process takes its rank from accelerate and its own GPU (`cuda:<local rank>`), and lmms-eval shards the documents
+and gathers the answers itself. Unlike lmms-eval's own HF wrappers, a failed generation raises instead of
 silently becoming an empty answer, and a document without a video is an error, not an image task.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -63,16 +67,21 @@ class StopVideoLLM(_Base):
             raise ValueError("batch_size must be 1")
         pretrained = str(pretrained or self.default_pretrained)
         config = None if stop_config in (None, "", "none", "None") else str(stop_config)
+        device = self._join_launch(str(device))
         if pretrained.startswith("tiny-"):
-            self.llm = VideoLLM.tiny(
-                pretrained[len("tiny-") :], stop_config=config, num_frames=int(max_frames_num)
-            )
+            from ..testing import build_processor, build_tiny_model
+
+            # built in memory: under a launch the process group exists already, and transformers then saves a
+            # checkpoint (VideoLLM.tiny's route) on rank 0 only
+            arch = pretrained[len("tiny-") :]
+            self.llm = VideoLLM(build_tiny_model(arch), build_processor(arch), num_frames=int(max_frames_num))
+            self.llm.set_stop_config(config)
         else:
             hf_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
             self.llm = VideoLLM.from_pretrained(
                 pretrained,
                 stop_config=config,
-                device=str(device),
+                device=device,
                 dtype=dtype,
                 num_frames=int(max_frames_num),
                 **hf_kwargs,
@@ -83,6 +92,20 @@ class StopVideoLLM(_Base):
         self.last_answers: list[
             Any
         ] = []  # Answer objects of the last generate_until call (token counts, timings)
+
+    def _join_launch(self, device: str) -> str:
+        """Under `accelerate launch`: rank and world size from accelerate (as lmms-eval's own HF wrappers do) and
+        `cuda` -> this process's GPU. Returns the device to load on."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return device
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator()
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        if device == "cuda":
+            device = f"cuda:{self.accelerator.local_process_index}"
+        print(f"{type(self).__name__}: rank {self._rank} of {self._world_size} on {device}", file=sys.stderr)
+        return device
 
     # lmms-eval reads these
     @property
