@@ -12,6 +12,7 @@ import json
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -366,6 +367,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Runs the whole grid and writes results.json, table.md and speedup.png into settings.out."""
     import stop_hf
     from stop_hf.config import StopConfig
+    from stop_hf.testing.siglip import save_random_siglip_head
 
     try:
         from tqdm.auto import tqdm
@@ -409,13 +411,21 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         rows.append({"method": "oracle", "sink": False, "retention": r, **oracle})
         stop_hf.unpatch(model)
     warmed: set[tuple[str, bool]] = set()
+    head_dir = tempfile.TemporaryDirectory(prefix="stop_hf_bench_siglip_head_")
+    extra: dict[str, dict[str, Any]] = {}
+    # FastVID's MAP head on LLaVA-OV: random weights of the tower's width (its cost is part of the signal time)
+    if settings.arch == "llava_onevision":
+        vision = model.config.vision_config
+        save_random_siglip_head(head_dir.name, vision.hidden_size, vision.intermediate_size)
+        extra["fastvid"] = {"siglip_head": head_dir.name}
     for method, sink, r in grid:
-        stop_hf.patch(model, StopConfig(method=method, retention=r, sink=sink))
+        stop_hf.patch(model, StopConfig(method=method, retention=r, sink=sink, **extra.get(method, {})))
         timed = _median_run(model, inputs, settings, progress, warm=(method, sink) not in warmed)
         warmed.add((method, sink))
         rows.append({"method": method, "sink": sink, "retention": r, **timed})
         stop_hf.unpatch(model)
     progress.close()
+    head_dir.cleanup()
 
     _derive(rows, shape.llm, llm_layers, n_text)
     result = {
