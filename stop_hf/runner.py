@@ -171,7 +171,9 @@ class VideoLLM:
 
         torch_dtype = _dtype(dtype, device)
         model = from_pretrained(model_id, stop_config=stop_config, dtype=torch_dtype, **hf_kwargs)
-        model.to(device).eval()
+        if hf_kwargs.get("device_map") is None:  # a device_map placed the weights already (over several GPUs)
+            model.to(device)
+        model.eval()
         processor = AutoProcessor.from_pretrained(model_id)
         return cls(model, processor, num_frames=num_frames)
 

@@ -166,6 +166,20 @@ def test_merge_keeps_answers_over_errors_and_refuses_another_run(tmp_path):
         existing_records(records, identity)
 
 
+def test_gpu_groups_for_device_map_auto():
+    assert [distributed.gpu_group(rank, 2, 8) for rank in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert distributed.gpu_group(0, 8, 8) == list(range(8))  # one 72B-size model per node
+    with pytest.raises(ValueError, match="launch at most 2 process"):
+        distributed.gpu_group(2, 4, 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpus_per_process_needs_cuda(tmp_path, capsys, data):
+    assert main(eval_args(data, tmp_path / "r.json", "--gpus-per-process", "2")) == 2
+    assert "--gpus-per-process 2: needs CUDA GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_batch_size_must_be_positive(tmp_path, capsys, data, value):
     argv = eval_args(data, tmp_path / "r.json", "--batch-size", value)

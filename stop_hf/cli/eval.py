@@ -63,6 +63,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="samples per generate call, batched among samples of one frame count (results equal batch size 1)",
     )
+    parser.add_argument(
+        "--gpus-per-process",
+        type=int,
+        help="spread each process's model over this many GPUs (device_map='auto'): local rank l gets GPUs "
+        "l*G..l*G+G-1, so launch GPUs-per-node / G processes per node",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -76,7 +82,7 @@ def _cuda() -> bool:
         return False
 
 
-def load_model(model: str, config, device: str, dtype: str, frames: int):
+def load_model(model: str, config, device: str, dtype: str, frames: int, **hf_kwargs):
     from ..runner import VideoLLM
     from ..testing.models import ARCHITECTURES
 
@@ -85,7 +91,9 @@ def load_model(model: str, config, device: str, dtype: str, frames: int):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown tiny model {model!r}; use tiny-{' / tiny-'.join(ARCHITECTURES)}")
         return VideoLLM.tiny(arch, stop_config=config, num_frames=frames)
-    return VideoLLM.from_pretrained(model, stop_config=config, device=device, dtype=dtype, num_frames=frames)
+    return VideoLLM.from_pretrained(
+        model, stop_config=config, device=device, dtype=dtype, num_frames=frames, **hf_kwargs
+    )
 
 
 def _save_tiny_checkpoint(model: str) -> None:
@@ -111,6 +119,12 @@ def check_args(args: argparse.Namespace) -> None:
     """Impossible settings are refused before anything is loaded."""
     if args.frames is None or args.frames < 1:
         raise ValueError(f"--frames {args.frames}: must be >= 1 (frames sampled per video)")
+    if args.gpus_per_process is not None and args.gpus_per_process < 1:
+        raise ValueError(f"--gpus-per-process {args.gpus_per_process}: must be >= 1")
+    if args.gpus_per_process is not None and not _cuda():
+        raise ValueError(
+            f"--gpus-per-process {args.gpus_per_process}: needs CUDA GPUs, and none is available"
+        )
     if args.batch_size is None or args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.limit is not None and args.limit < 1:
@@ -130,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..eval.benchmarks import get_benchmark
-    from ..eval.distributed import device_for_rank, launched_ranks
+    from ..eval.distributed import device_for_rank, device_map_for, gpu_group, launched_ranks
     from ..eval.judge import judge_from_args
     from ..eval.runner import evaluate, existing_records, load_samples, run_identity
 
@@ -173,8 +187,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if ranks.world_size > 1:
         note(f"data parallel: {ranks.world_size} processes, each writes its OUT.rank<R>.jsonl; rank 0 merges")
-    device = device_for_rank(args.device, ranks)
-    llm = load_model(args.model, config, device, args.dtype, args.frames)
+    device, hf_kwargs = device_for_rank(args.device, ranks), {}
+    if args.gpus_per_process is not None:  # one model over a group of GPUs, one group per process
+        import torch
+
+        group = gpu_group(ranks.local_rank, args.gpus_per_process, torch.cuda.device_count())
+        device, hf_kwargs = f"cuda:{group[0]}", device_map_for(group)
+        note(f"each process spreads its model over {args.gpus_per_process} GPU(s) (device_map='auto')")
+    llm = load_model(args.model, config, device, args.dtype, args.frames, **hf_kwargs)
     results = evaluate(
         llm,
         bench,

@@ -109,3 +109,29 @@ def device_for_rank(device: str, ranks: Ranks) -> str:
     if ranks.world_size > 1 and device == "cuda":
         return f"cuda:{ranks.local_rank}"
     return device
+
+
+def gpu_group(local_rank: int, gpus_per_process: int, gpus_on_node: int) -> list[int]:
+    """The GPUs of one process whose model spans `gpus_per_process` GPUs (`device_map="auto"`): local rank `l`
+    gets GPUs `l*G .. l*G+G-1`, so a node runs `gpus_on_node // G` model copies side by side."""
+    if gpus_per_process < 1:
+        raise ValueError(f"--gpus-per-process {gpus_per_process}: must be >= 1")
+    first = local_rank * gpus_per_process
+    if first + gpus_per_process > gpus_on_node:
+        raise ValueError(
+            f"--gpus-per-process {gpus_per_process}: local rank {local_rank} needs GPUs {first}.."
+            f"{first + gpus_per_process - 1}, but this node has {gpus_on_node}; launch at most "
+            f"{gpus_on_node // gpus_per_process} process(es) per node (--num_processes)"
+        )
+    return list(range(first, first + gpus_per_process))
+
+
+def device_map_for(group: list[int]) -> dict[str, Any]:
+    """from_pretrained kwargs that spread a model over the GPUs of `group` only (10% of their free memory is left
+    for activations)."""
+    import torch
+
+    return {
+        "device_map": "auto",
+        "max_memory": {gpu: int(torch.cuda.mem_get_info(gpu)[0] * 0.9) for gpu in group},
+    }
