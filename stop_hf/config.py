@@ -149,6 +149,8 @@ class StopConfig:
         specs = cls.param_specs()
         for name, value in self.params.items():
             _check(f"params.{name}", value, specs[name], f" (method {self.method!r})")
+        if self.sink and cls.no_sink_reason:
+            raise StopConfigError(f"stop_config.sink=true: {cls.no_sink_reason}")
         if self.sink and not cls.needs:
             raise StopConfigError(
                 f"stop_config.sink=true needs a method that ranks tokens by attention; method {self.method!r} does "

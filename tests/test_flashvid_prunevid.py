@@ -23,7 +23,7 @@ from stop_hf.testing.reference import capture_lm_inputs
 def test_prunevid_sink_is_refused():
     with pytest.raises(ValueError, match="no SToP variant"):
         PRUNERS["prunevid"](retention=0.1, sink=Sink(0.02))
-    with pytest.raises(StopConfigError, match="sink"):
+    with pytest.raises(StopConfigError, match=r"sink=true: prunevid has no SToP variant"):
         StopConfig(method="prunevid", retention=0.1, sink=True)
     assert DEFAULT_SINK_WEIGHTS["prunevid"] == (0.0, 0.0)
     assert PRUNERS["prunevid"].needs == ()  # features only: no vision attention is captured for it

@@ -190,6 +190,9 @@ class Pruner:
     name: ClassVar[str] = ""
     #: signals the method reads besides features; the patch modules compute only these.
     needs: ClassVar[tuple[str, ...]] = ()
+    #: why the method has no SToP variant (shown when a config asks for `sink: true`); empty when it has one or
+    #: when it simply ranks no tokens by attention.
+    no_sink_reason: ClassVar[str] = ""
 
     retention: float = 1.0
     sink: Sink | None = None

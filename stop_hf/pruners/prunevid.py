@@ -96,12 +96,14 @@ class PruneVidPruner(Pruner):
     token_dpc_k: int = param(7, int, 1)
     retain_ratio_offset: float = param(0.005, float, 0, 1)
 
+    no_sink_reason: ClassVar[str] = (
+        "prunevid has no SToP variant: the reference (rlqja1107/SToP pruning/prunevid) never reads mu_s or mu_t "
+        "and STOP_MU_DEFAULTS has no prunevid entry; use sink: false"
+    )
+
     def __post_init__(self) -> None:
         if self.sink is not None:
-            raise ValueError(
-                "prunevid has no SToP variant: the reference (rlqja1107/SToP pruning/prunevid) never reads mu_s or "
-                "mu_t and STOP_MU_DEFAULTS has no prunevid entry; use sink: false"
-            )
+            raise ValueError(self.no_sink_reason)
         super().__post_init__()
 
     def frame_labels(self, frame_means: torch.Tensor) -> list[int]:
