@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -86,7 +87,9 @@ class HoliTomPruner(Pruner):
     centre and members (the reference's NO_BETA=1). The pair (t, t+1) uses frame t's row of the sink score.
 
     Robustness beyond the reference: T = 1 is one window of one frame; a window that would emit no token at all
-    (every position static and round(S * r_adj) = 0, only possible for tiny N * r) emits one static centre;
+    (every position static and round(S * r_adj) = 0, only possible for tiny N * r) emits one static centre, and
+    one with no static position whose dominant part rounds to 0 (SToP with a large d_split) keeps one dynamic
+    token per frame; with SToP, tau < sttp_threshold warns that the budget is overshot (as in the reference);
     budgets are capped at the tokens available; cosine uses an epsilon so constant/zero features give no NaN.
     """
 
@@ -116,6 +119,16 @@ class HoliTomPruner(Pruner):
         for field_name in ("budget_correction", "no_beta"):
             if not isinstance(getattr(self, field_name), bool):
                 raise ValueError(f"holitom {field_name}={getattr(self, field_name)!r} must be true or false")
+        if self.sink is not None and float(self.tau) < float(self.sttp_threshold):
+            # The reference's split: the window DP and r_adj count raw sim > tau as static, while SToP's static
+            # test uses sttp_threshold, so fewer tokens merge than r_adj assumed and the budget is overshot.
+            warnings.warn(
+                f"holitom with sink: tau={self.tau} < sttp_threshold={self.sttp_threshold} keeps more tokens than "
+                f"retention={self.retention} (up to about 2x; the SToP reference does the same). Set tau >= "
+                "sttp_threshold to stay within the budget.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _merge_weight(self, counts: torch.Tensor) -> torch.Tensor:
         return torch.where(counts > 0, torch.full_like(counts, float(self.beta)), torch.ones_like(counts))
@@ -198,8 +211,11 @@ class HoliTomPruner(Pruner):
             contextual = 0 if self.sink is not None else keep - dominant
             per_frame = dominant + contextual
             clusters = min(round(n_static * r_adj), n_static)
-            if clusters == 0 and per_frame == 0 and n_static > 0:
-                clusters = 1  # never let a window vanish entirely
+            if clusters == 0 and per_frame == 0:  # never let a window vanish entirely
+                if n_static > 0:
+                    clusters = 1
+                else:  # SToP with d_split > 0 can round the dominant part to 0 (the reference emits nothing)
+                    dominant = per_frame = min(1, n_dyn)
 
             # -- static tokens: window means, clustered
             if clusters > 0:
