@@ -501,12 +501,21 @@ def evaluate(
         **_token_totals(computed),
     }
     ranks.wait()  # every rank's records are on disk
-    per_rank = ranks.gather(mine_stats)
+    gathered = ranks.gather((mine_stats, [r["id"] for r in computed]))
     if not ranks.is_main:
         return {"rank": ranks.rank, "world_size": ranks.world_size, **mine_stats}
+    per_rank = [stats for stats, _ in gathered]
     merge_rank_files(records_path, identity, [s.id for s in samples])
     if ranks.world_size > 1:
         done, _ = existing_records(records_path, identity)
+        for stats, ids in gathered:
+            unseen = [key for key in ids if key not in done]
+            if unseen:  # e.g. another node wrote to its own local disk
+                raise RuntimeError(
+                    f"rank {stats['rank']} wrote {len(unseen)} record(s) the main process cannot read in "
+                    f"{records_path.parent} (first: {unseen[0]}); with several nodes, --out must be on a filesystem "
+                    "every node shares. Nothing is lost: the rank files stay where they were written"
+                )
     seconds = time.perf_counter() - started
     records = [done[s.id] for s in samples if s.id in done]
     results = {
