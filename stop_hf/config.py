@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .pruners import DEFAULT_SINK_WEIGHTS, PRUNERS, Pruner
+from .pruners import PRUNERS, Pruner
 from .pruners.base import RETENTION_SPEC, ParamSpec
 from .siglip_head import DEFAULT_SIGLIP_CHECKPOINT
 from .sink import Sink
@@ -176,7 +176,7 @@ class StopConfig:
     def resolved_sink(self) -> Sink | None:
         if not self.sink:
             return None
-        default_mu_s, default_mu_t = DEFAULT_SINK_WEIGHTS[self.method]
+        default_mu_s, default_mu_t = PRUNERS[self.method].sink_weights
         return Sink(
             mu_s=default_mu_s if self.mu_s is None else float(self.mu_s),
             mu_t=default_mu_t if self.mu_t is None else float(self.mu_t),

@@ -193,6 +193,8 @@ class Pruner:
     #: why the method has no SToP variant (shown when a config asks for `sink: true`); empty when it has one or
     #: when it simply ranks no tokens by attention.
     no_sink_reason: ClassVar[str] = ""
+    #: SToP's default (mu_s, mu_t) for this method, from the SToP reference code; (0, 0) where it has no variant.
+    sink_weights: ClassVar[tuple[float, float]] = (0.0, 0.0)
 
     retention: float = 1.0
     sink: Sink | None = None
@@ -271,3 +273,24 @@ def topk_lowest_index(scores: torch.Tensor, k: int) -> torch.Tensor:
         return scores.new_zeros(scores.shape[:-1] + (0,), dtype=torch.long)
     # A stable descending sort keeps equal values in index order, so ties resolve to the lower index.
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+#: method name -> pruner class; filled by `@register_pruner` as each method's module is imported.
+PRUNERS: dict[str, type[Pruner]] = {}
+
+
+def register_pruner(cls: type[Pruner]) -> type[Pruner]:
+    """Class decorator: registers a pruner under its `name`. A second class under a taken name raises."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no `name`; set `name: ClassVar[str]` before registering it")
+    registered = PRUNERS.get(cls.name)
+    if registered is not None and (registered.__module__, registered.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
+        raise ValueError(
+            f"pruner name {cls.name!r} is already registered by {registered.__module__}.{registered.__qualname__}; "
+            f"cannot register {cls.__module__}.{cls.__qualname__} under it"
+        )
+    PRUNERS[cls.name] = cls
+    return cls

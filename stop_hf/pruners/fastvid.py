@@ -10,8 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from ..sink import rank_with_sink
-from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
+from .base import (
+    KIND_COPY,
+    KIND_MERGED,
+    PruneInput,
+    Pruner,
+    PruneResult,
+    param,
+    register_pruner,
+    topk_lowest_index,
+)
 from .density import (
     EPS,
     anchor_merge,
@@ -23,6 +31,7 @@ from .density import (
 )
 
 
+@register_pruner
 @dataclass
 class FastVIDPruner(Pruner):
     """FastVID over the whole video.
@@ -49,6 +58,7 @@ class FastVIDPruner(Pruner):
     """
 
     name: ClassVar[str] = "fastvid"
+    sink_weights: ClassVar[tuple[float, float]] = (0.02, 0.0)  # the SToP reference code's defaults
     needs: ClassVar[tuple[str, ...]] = ("attention", "global_features")
 
     c: int = param(8, int, 1)
@@ -213,4 +223,3 @@ class FastVIDPruner(Pruner):
 
 
 # SToP default weights (mu_s, mu_t) from the SToP reference code (STOP_MU_DEFAULTS).
-register(FastVIDPruner, (0.02, 0.0))

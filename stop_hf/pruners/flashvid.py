@@ -9,11 +9,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, register_pruner
 from .density import EPS, gram_distance, masked_dpc_knn_clusters, split_by_mask
 
 
+@register_pruner
 @dataclass
 class FlashVIDPruner(Pruner):
     """FlashVID over the whole video, the part that runs before the LLM.
@@ -61,6 +61,7 @@ class FlashVIDPruner(Pruner):
     """
 
     name: ClassVar[str] = "flashvid"
+    sink_weights: ClassVar[tuple[float, float]] = (0.02, 0.0)  # the SToP reference code's defaults
     needs: ClassVar[tuple[str, ...]] = ("attention",)
 
     segment_threshold: float = param(0.9, float, -1, 1)
@@ -305,4 +306,3 @@ class FlashVIDPruner(Pruner):
 
 
 # SToP default weights (mu_s, mu_t) from the SToP reference code (STOP_MU_DEFAULTS["flashvid"]).
-register(FlashVIDPruner, (0.02, 0.0))

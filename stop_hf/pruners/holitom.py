@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from ..sink import rank_with_sink
-from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
+from .base import (
+    KIND_COPY,
+    KIND_MERGED,
+    PruneInput,
+    Pruner,
+    PruneResult,
+    param,
+    register_pruner,
+    topk_lowest_index,
+)
 from .density import (
     anchor_merge,
     density_peak_scores,
@@ -65,6 +73,7 @@ def select_static_windows(
     return windows[::-1], int(best[t])
 
 
+@register_pruner
 @dataclass
 class HoliTomPruner(Pruner):
     """HoliTom without its inner-LLM merge.
@@ -94,6 +103,7 @@ class HoliTomPruner(Pruner):
     """
 
     name: ClassVar[str] = "holitom"
+    sink_weights: ClassVar[tuple[float, float]] = (0.04, 0.07)  # the SToP reference code's defaults
     needs: ClassVar[tuple[str, ...]] = ("attention",)
 
     tau: float = param(0.8, float, 0, 1)
@@ -267,4 +277,3 @@ class HoliTomPruner(Pruner):
 
 
 # SToP default weights (mu_s, mu_t) from the SToP reference code (STOP_MU_DEFAULTS).
-register(HoliTomPruner, (0.04, 0.07))

@@ -8,8 +8,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param
+from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, register_pruner
 from .density import EPS, dpc_knn_clusters, split_by_mask
 
 
@@ -60,6 +59,7 @@ def refine_frame_labels(labels: list[int]) -> list[int]:
     return refined
 
 
+@register_pruner
 @dataclass
 class PruneVidPruner(Pruner):
     """PruneVid (SToP's LLaVA-OneVision port) over the whole video.
@@ -210,4 +210,3 @@ class PruneVidPruner(Pruner):
 
 
 # PruneVid has no SToP weights: the SToP code never reads mu for it.
-register(PruneVidPruner)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import PruneInput, Pruner, PruneResult, copy_result, param
+from .base import PruneInput, Pruner, PruneResult, copy_result, param, register_pruner
 
 
 def tokens_per_frame_budget(n: int, retention: float) -> int:
@@ -15,6 +15,7 @@ def tokens_per_frame_budget(n: int, retention: float) -> int:
     return max(1, min(n, int(round(n * retention))))
 
 
+@register_pruner
 @dataclass
 class NonePruner(Pruner):
     """Keeps every token: the identity."""
@@ -27,6 +28,7 @@ class NonePruner(Pruner):
         )
 
 
+@register_pruner
 @dataclass
 class UniformPruner(Pruner):
     """Keeps round(N * r) evenly spaced positions in every frame, in raster order."""
@@ -41,6 +43,7 @@ class UniformPruner(Pruner):
         return copy_result(x, (frames + positions[None]).reshape(-1))
 
 
+@register_pruner
 @dataclass
 class RandomPruner(Pruner):
     """Keeps round(N * r) random positions per frame (seeded, so runs are reproducible), in raster order."""

@@ -10,14 +10,23 @@ import torch
 import torch.nn.functional as F
 
 from ..sink import rank_with_sink
-from . import register
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, topk_lowest_index
+from .base import (
+    KIND_COPY,
+    KIND_MERGED,
+    PruneInput,
+    Pruner,
+    PruneResult,
+    param,
+    register_pruner,
+    topk_lowest_index,
+)
 from .density import EPS, group_sum, selection_mask, split_by_mask, take_rows
 
 #: tokens per frame that the reference scripts use for 196-token frames (LLaVA-OV, 14x14).
 SPATIAL_TOKENS_196 = {0.10: 20, 0.15: 30, 0.20: 40, 0.25: 50}
 
 
+@register_pruner
 @dataclass
 class VisionZipPruner(Pruner):
     """VisionZip, frames independent: keep the top-attention "dominant" tokens and merge the rest into a few
@@ -41,6 +50,7 @@ class VisionZipPruner(Pruner):
     """
 
     name: ClassVar[str] = "visionzip"
+    sink_weights: ClassVar[tuple[float, float]] = (0.03, 0.0)  # the SToP reference code's defaults
     needs: ClassVar[tuple[str, ...]] = ("attention", "keys")
 
     spatial_tokens: int | None = param(None, int, 1, optional=True)
@@ -167,4 +177,3 @@ class VisionZipPruner(Pruner):
 
 
 # SToP default weights (mu_s, mu_t) from the SToP reference code (STOP_MU_DEFAULTS).
-register(VisionZipPruner, (0.03, 0.0))
