@@ -211,6 +211,21 @@ def test_batch_size_4_equals_batch_size_1(single, data, tmp_path):
     assert rates["video_tokens_per_second"] > rates["video_tokens_after_per_second"] > 0
 
 
+def test_qwen_batches_equal_single_runs(data, tmp_path):
+    """Qwen2.5-VL builds its batch row by row through qwen-vl-utils (per-video fps); 6 questions, 3 per batch."""
+    runs = {}
+    for size in ("1", "3"):
+        out = tmp_path / f"q{size}.json"
+        argv = eval_args(data, out, "--batch-size", size, "--limit", "6")
+        argv[argv.index(MODEL)] = "tiny-qwen2_5_vl"
+        assert main(argv) == 0
+        runs[size] = read_jsonl(out.with_suffix(".jsonl"))
+    assert without_timings(runs["3"]) == without_timings(runs["1"])
+    # videos of 4, 3, 4 frames, 2 questions each: [q0 q1 q4] [q2 q3] (3 frames) [q5]
+    assert sorted(r["timings"]["batch_size"] for r in runs["3"]) == [1, 2, 2, 3, 3, 3]
+    assert all(r["video_tokens_after"] < r["video_tokens"] for r in runs["3"])
+
+
 def test_a_broken_video_in_a_batch_is_recorded_alone(data, tmp_path):
     broken = tmp_path / "broken"
     synthetic.make_videomme(broken, num_frames=4, questions=4, per_video=1)
