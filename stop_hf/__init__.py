@@ -6,7 +6,7 @@ else to transformers.
 
 from __future__ import annotations
 
-from ._layout import mount_sibling_package
+from ._install import check_one_tree
 from .config import StopConfig, StopConfigError, list_presets
 from .hooks import StopUnsupportedError
 from .loading import (
@@ -23,8 +23,7 @@ from .validation import StopInputError
 
 __version__ = "0.1.0"
 
-mount_sibling_package("configs", "configs")
-mount_sibling_package("patches", "patches")
+check_one_tree()
 install_from_pretrained_kwarg()
 
 __all__ = [

@@ -1,6 +1,7 @@
 """Every conformance fixture reproduces through `stop_hf.testing.conformance.run_case`, and SToP removes sinks.
 
-Fixtures: tests/fixtures/<set> (shipped with the repository: conformance_more) or ../shared/fixtures/<set>."""
+Fixtures: tests/fixtures/<set>, shipped with the repository (conformance, conformance_more, conformance_extra), so
+a clone runs them; ../shared/fixtures/<set> is read only when a set is missing there."""
 
 from __future__ import annotations
 
