@@ -6,6 +6,7 @@ import functools
 import os
 from typing import Any
 
+from . import compat
 from .config import StopConfig, StopConfigError, means_no_pruning
 from .hooks import StopState, lm_post_hook, lm_pre_hook, outer_pre_hook, top_post_hook, top_pre_hook
 from .validation import pixel_check_pre_hook
@@ -177,8 +178,6 @@ def last_prune_report(model: Any) -> list[dict[str, Any]]:
 
 
 def _model_class_for(config: Any) -> type:
-    import transformers
-
     from stop_hf.patches import SUPPORTED_MODEL_TYPES
 
     model_type = getattr(config, "model_type", None)
@@ -187,7 +186,7 @@ def _model_class_for(config: Any) -> type:
             f"stop_hf does not support model_type={model_type!r}; supported: "
             f"{sorted(SUPPORTED_MODEL_TYPES)} ({sorted(SUPPORTED_MODEL_TYPES.values())})"
         )
-    return getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+    return compat.model_class(SUPPORTED_MODEL_TYPES[model_type])
 
 
 #: `stop_config` not passed at all (as opposed to None, which means "unpruned").
@@ -269,7 +268,7 @@ def _kwarg_from_pretrained(owner: type) -> classmethod:
         pretrained = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         requested, origin = _requested_config(pretrained, stop_config, kwargs)
         config = _resolve_requested(requested, origin)  # a bad config fails here, before the weights load
-        model = super(owner, cls).from_pretrained(*args, **kwargs)
+        model = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
         if config is not None:
             patch(model, config)
         else:
@@ -305,7 +304,7 @@ def _backbone_from_pretrained(owner: type, pruned_class: str) -> classmethod:
                 UserWarning,
                 stacklevel=2,
             )
-        model = super(owner, cls).from_pretrained(*args, **kwargs)
+        model = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
         model.config.__dict__.pop("stop_config", None)
         return model
 
@@ -319,17 +318,15 @@ def install_from_pretrained_kwarg() -> None:
     """Makes `Cls.from_pretrained(..., stop_config=...)` work on the supported HF classes (and through
     AutoModelForImageTextToText, AutoModelForMultimodalLM and pipeline, which resolve to them). Their backbones
     (`AutoModel`) warn that they load unpruned. Without a requested or stored config, loading is unchanged."""
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
     from stop_hf.patches import SUPPORTED_MODEL_TYPES
 
     for model_type, name in SUPPORTED_MODEL_TYPES.items():
-        cls = getattr(transformers, name)
+        cls = compat.model_class(name)
         if "from_pretrained" not in cls.__dict__:
             cls.from_pretrained = _kwarg_from_pretrained(cls)
             _KWARG_CLASSES.append(cls)
-        backbone = getattr(transformers, MODEL_MAPPING_NAMES.get(model_type, ""), None)
+        backbone_name = compat.backbone_class_name(model_type)
+        backbone = compat.model_class(backbone_name) if backbone_name else None
         if backbone is not None and "from_pretrained" not in backbone.__dict__:
             backbone.from_pretrained = _backbone_from_pretrained(backbone, name)
             _KWARG_CLASSES.append(backbone)

@@ -1,0 +1,304 @@
+"""Every transformers internal stop_hf relies on, in one place, each with a contract check.
+
+stop_hf hooks into transformers from outside (forward hooks, an instance-level method wrapper, a classmethod
+override), so it depends on a few names and behaviours that are not public API. They are all listed here; the rest
+of the package reaches them through this module. `CONTRACTS` holds one check per internal: `tests/test_compat.py`
+runs them, so a transformers release that changes one fails with a message naming it (see `check_contracts`).
+Tested range: the `transformers` pin in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: cache classes pre-sized to the unpruned prompt (static cache / torch.compile): pruning cannot shrink them.
+PRESIZED_CACHE_CLASSES = ("StaticCache", "HybridCache", "SlidingWindowCache")
+
+#: the generate/forward kwarg carrying pre-computed encoder outputs ({"video": ...}) instead of pixel values.
+MM_ENCODER_OUTPUTS_KWARG = "mm_encoder_outputs"
+
+#: the per-model attribute where Qwen-VL models keep the mRoPE offset between decode steps.
+ROPE_DELTAS_ATTRIBUTE = "rope_deltas"
+
+#: the base-model method that encodes videos; the patch modules wrap it per instance.
+VIDEO_FEATURES_METHOD = "get_video_features"
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def model_class(name: str) -> type:
+    """A model class exported by transformers (e.g. "Qwen2_5_VLForConditionalGeneration")."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def backbone_class_name(model_type: str) -> str | None:
+    """The class `AutoModel` loads for `model_type` (the backbone without LM head), or None."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    return MODEL_MAPPING_NAMES.get(model_type)
+
+
+def inherited_from_pretrained(owner: type, cls: type, *args: Any, **kwargs: Any) -> Any:
+    """Calls the `from_pretrained` that `owner` inherits (PreTrainedModel's classmethod), bound to `cls`."""
+    return super(owner, cls).from_pretrained(*args, **kwargs)
+
+
+def slice_logits_to_keep(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The rows `logits_to_keep` selects, exactly as the models' own forward selects them."""
+    from transformers.modeling_utils import slice_logits_to_keep as slice_rows
+
+    return slice_rows(hidden, logits_to_keep)
+
+
+def is_presized_cache(past_key_values: Any) -> bool:
+    """True for caches sized to the unpruned prompt (static / compileable ones)."""
+    compileable = getattr(past_key_values, "is_compileable", False)
+    if callable(compileable):
+        compileable = compileable()
+    return bool(compileable) or type(past_key_values).__name__ in PRESIZED_CACHE_CLASSES
+
+
+def encoder_outputs_video(kwargs: dict[str, Any]) -> Any:
+    """The pre-computed video encoder output passed through `mm_encoder_outputs`, or None."""
+    return (kwargs.get(MM_ENCODER_OUTPUTS_KWARG) or {}).get("video")
+
+
+def pooled_output(output: Any) -> Any:
+    """The per-video LLM-ready features of a `get_video_features` output (its `pooler_output`)."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output[1]
+
+
+def last_hidden_state(output: Any) -> Any:
+    return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+
+def vision_window_index(
+    grid_thw: torch.Tensor, merge: int, window_size: int, patch_size: int
+) -> torch.Tensor:
+    """Qwen2.5-VL's window permutation of merge units (window order -> raster order is its inverse)."""
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(
+        grid_thw, spatial_merge_size=merge, window_size=window_size, patch_size=patch_size
+    )
+    return window_index
+
+
+def rotary_vision(model_type: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`apply_rotary_pos_emb_vision(q, k, cos, sin)` of a Qwen-VL vision tower's modeling module."""
+    import importlib
+
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    return module.apply_rotary_pos_emb_vision
+
+
+def siglip_encoder_layers(tower: Any) -> Any:
+    """The encoder layers of a SigLIP tower (transformers 5.x dropped the `vision_model` wrapper on some paths)."""
+    return getattr(tower, "vision_model", tower).encoder.layers
+
+
+def grow_generate_mask(model: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask `generate` passes to the next decode step after one new token."""
+    from transformers.utils.generic import ModelOutput
+
+    kwargs = model._update_model_kwargs_for_generation(ModelOutput(), {"attention_mask": attention_mask})
+    return kwargs["attention_mask"]
+
+
+# ---------------------------------------------------------------------------------------------------- contracts
+@dataclass(frozen=True)
+class Contract:
+    """One transformers internal and the check that it still behaves as stop_hf assumes."""
+
+    internal: str
+    assumption: str
+    check: Callable[[], None]
+
+
+class ContractError(AssertionError):
+    pass
+
+
+def _fail(contract: Contract, detail: str) -> ContractError:
+    return ContractError(
+        f"transformers {transformers_version()} changed the internal `{contract.internal}`: stop_hf assumes "
+        f"{contract.assumption}, but {detail}. Update stop_hf/compat.py (and the transformers pin in pyproject.toml)."
+    )
+
+
+def _from_pretrained_is_classmethod() -> None:
+    from transformers import PreTrainedModel
+
+    if not isinstance(PreTrainedModel.__dict__.get("from_pretrained"), classmethod):
+        raise ValueError(
+            f"PreTrainedModel.from_pretrained is {PreTrainedModel.__dict__.get('from_pretrained')!r}"
+        )
+
+
+def _backbones_mapped() -> None:
+    for model_type, name in (("llava_onevision", "LlavaOnevisionModel"), ("qwen2_5_vl", "Qwen2_5_VLModel")):
+        found = backbone_class_name(model_type)
+        if found != name:
+            raise ValueError(f"MODEL_MAPPING_NAMES[{model_type!r}] is {found!r}, not {name!r}")
+
+
+def _slice_logits_to_keep() -> None:
+    rows = torch.arange(10.0).reshape(1, 5, 2)
+    if not torch.equal(slice_logits_to_keep(rows, 0), rows) or not torch.equal(
+        slice_logits_to_keep(rows, 2), rows[:, -2:]
+    ):
+        raise ValueError("slice_logits_to_keep(h, 0) is not h or slice_logits_to_keep(h, 2) is not h[:, -2:]")
+
+
+def _cache_names() -> None:
+    import transformers
+
+    missing = [name for name in PRESIZED_CACHE_CLASSES if not hasattr(transformers, name)]
+    dynamic = transformers.DynamicCache()
+    if missing and len(missing) == len(PRESIZED_CACHE_CLASSES):
+        raise ValueError(f"none of {PRESIZED_CACHE_CLASSES} exists any more")
+    if is_presized_cache(dynamic):
+        raise ValueError("DynamicCache reports itself compileable / pre-sized")
+
+
+def _mask_growth() -> None:
+    from transformers import GenerationMixin
+
+    class Probe(GenerationMixin):
+        pass
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    grown = grow_generate_mask(Probe(), mask)
+    expected = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=-1)
+    if not torch.equal(grown, expected):
+        raise ValueError(
+            f"one step grows mask {mask.tolist()} to {grown.tolist()}, not by one column of ones"
+        )
+
+
+def _mm_encoder_outputs() -> None:
+    from transformers import GenerationMixin
+
+    source = inspect.getsource(GenerationMixin)
+    if MM_ENCODER_OUTPUTS_KWARG not in source:
+        raise ValueError(f"generate no longer mentions `{MM_ENCODER_OUTPUTS_KWARG}`")
+
+
+def _video_features_method() -> None:
+    for name in ("LlavaOnevisionModel", "Qwen2_5_VLModel", "Qwen2VLModel"):
+        cls = model_class(name)
+        method = getattr(cls, VIDEO_FEATURES_METHOD, None)
+        if method is None:
+            raise ValueError(f"{name} has no {VIDEO_FEATURES_METHOD}")
+        if "pixel_values_videos" not in inspect.signature(method).parameters:
+            raise ValueError(f"{name}.{VIDEO_FEATURES_METHOD} does not take pixel_values_videos")
+
+
+def _rope_deltas() -> None:
+    for name in ("Qwen2_5_VLModel", "Qwen2VLModel"):
+        source = inspect.getsource(model_class(name))
+        if f"self.{ROPE_DELTAS_ATTRIBUTE}" not in source:
+            raise ValueError(f"{name} no longer keeps self.{ROPE_DELTAS_ATTRIBUTE}")
+
+
+def _window_index() -> None:
+    grid = torch.tensor([[1, 4, 4]])
+    index = vision_window_index(grid, merge=2, window_size=112, patch_size=14)
+    if sorted(index.tolist()) != list(range(4)):
+        raise ValueError(
+            f"window index of a 1x4x4 grid is {index.tolist()}, not a permutation of 4 merge units"
+        )
+
+
+def _rotary_vision() -> None:
+    for model_type in ("qwen2_5_vl", "qwen2_vl"):
+        rotate = rotary_vision(model_type)
+        q = torch.randn(3, 2, 4)
+        cos, sin = torch.ones(3, 4), torch.zeros(3, 4)
+        q_out, k_out = rotate(q, q.clone(), cos, sin)
+        if not torch.allclose(q_out, q) or not torch.allclose(k_out, q):
+            raise ValueError(f"{model_type} apply_rotary_pos_emb_vision(q, k, cos=1, sin=0) is not (q, k)")
+
+
+CONTRACTS: tuple[Contract, ...] = (
+    Contract(
+        "PreTrainedModel.from_pretrained",
+        "a classmethod that a subclass can override and reach through super()",
+        _from_pretrained_is_classmethod,
+    ),
+    Contract(
+        "models.auto.modeling_auto.MODEL_MAPPING_NAMES",
+        "it maps each supported model_type to its backbone class (AutoModel)",
+        _backbones_mapped,
+    ),
+    Contract(
+        "modeling_utils.slice_logits_to_keep",
+        "0 keeps every row and an int n keeps the last n",
+        _slice_logits_to_keep,
+    ),
+    Contract(
+        "cache classes " + "/".join(PRESIZED_CACHE_CLASSES),
+        "pre-sized caches are these classes or report is_compileable, and DynamicCache does not",
+        _cache_names,
+    ),
+    Contract(
+        "GenerationMixin._update_model_kwargs_for_generation",
+        "each decode step appends one column of ones to the original-length attention mask",
+        _mask_growth,
+    ),
+    Contract(
+        "generate's mm_encoder_outputs",
+        f"pre-computed encoder outputs travel as `{MM_ENCODER_OUTPUTS_KWARG}`",
+        _mm_encoder_outputs,
+    ),
+    Contract(
+        f"*Model.{VIDEO_FEATURES_METHOD}",
+        "the base model encodes videos in this method, taking pixel_values_videos",
+        _video_features_method,
+    ),
+    Contract(
+        f"Qwen-VL {ROPE_DELTAS_ATTRIBUTE}",
+        f"Qwen-VL base models keep the mRoPE offset in self.{ROPE_DELTAS_ATTRIBUTE}",
+        _rope_deltas,
+    ),
+    Contract(
+        "vision_utils.get_vision_window_index",
+        "it returns the window permutation of merge units first",
+        _window_index,
+    ),
+    Contract(
+        "modeling_qwen2_5_vl/modeling_qwen2_vl.apply_rotary_pos_emb_vision",
+        "apply_rotary_pos_emb_vision(q, k, cos, sin) returns the rotated (q, k)",
+        _rotary_vision,
+    ),
+)
+
+
+def check_contracts() -> list[str]:
+    """Runs every contract; returns the failure messages (empty when this transformers matches)."""
+    failures = []
+    for contract in CONTRACTS:
+        try:
+            contract.check()
+        except Exception as exc:  # any change (missing name, new signature, other values) is a failure
+            failures.append(str(_fail(contract, f"{type(exc).__name__}: {exc}")))
+    return failures
+
+
+def require(contract: Contract) -> None:
+    """Raises ContractError naming the internal when `contract` does not hold."""
+    try:
+        contract.check()
+    except Exception as exc:
+        raise _fail(contract, f"{type(exc).__name__}: {exc}") from exc
