@@ -46,6 +46,7 @@ FIELD_SPECS: dict[str, ParamSpec] = {
     "saliency_layer": ParamSpec(int, optional=True),
     "prune_images": ParamSpec(bool),
     "signal_chunk_frames": ParamSpec(int, 1),
+    "allow_training": ParamSpec(bool),
 }
 
 #: what `stop_config=` values mean "no pruning" everywhere (API, YAML, CLI): the model stays unpatched.
@@ -80,6 +81,8 @@ class StopConfig:
     siglip_head:     SigLIP checkpoint the MAP head is read from: hub id or local folder/file (head tensors only).
     signal_dtype:    float32 (default) | model: the dtype the signals are computed in (the references use the
                      model's, fp16).
+    allow_training:  prune in training mode (model.train()) without the one-time warning that pruning is meant for
+                     inference (the selection is not differentiable; dropped tokens get no gradient).
     """
 
     method: str = "none"
@@ -97,6 +100,7 @@ class StopConfig:
     saliency_source: str = "encoder"
     siglip_head: str = DEFAULT_SIGLIP_CHECKPOINT
     signal_dtype: str = "float32"
+    allow_training: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,7 +127,7 @@ class StopConfig:
             raise StopConfigError(
                 f"stop_config.position_mode={self.position_mode!r} is not allowed; allowed: {list(POSITION_MODES)}"
             )
-        for name in ("saliency_layer", "prune_images", "signal_chunk_frames"):
+        for name in ("saliency_layer", "prune_images", "signal_chunk_frames", "allow_training"):
             _check(name, getattr(self, name), FIELD_SPECS[name])
         for name, allowed_values in SIGNAL_CHOICES.items():
             if getattr(self, name) not in allowed_values:

@@ -234,13 +234,14 @@ def past_length(past_key_values: Any) -> int:
 
 
 def _warn_training(state: StopState, module: torch.nn.Module) -> None:
-    if not module.training or state.warned_training or getattr(state.config, "allow_training", False):
+    if not module.training or state.warned_training or state.config.allow_training:
         return
     state.warned_training = True
     warnings.warn(
         "stop_hf: the model is in training mode (model.train()) with video pruning on. Pruning is meant for "
         "inference: the selection is not differentiable and the pruned tokens get no gradient. Call model.eval(), "
-        "or stop_hf.unpatch(model) to train on full sequences.",
+        "or stop_hf.unpatch(model) to train on full sequences, or set stop_config.allow_training: true to prune "
+        "in training on purpose.",
         UserWarning,
         stacklevel=3,
     )

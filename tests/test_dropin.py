@@ -379,6 +379,17 @@ def test_training_mode_warns_once(arch, model, inputs):
     model.eval()
 
 
+def test_training_mode_opt_in_does_not_warn(arch, model, inputs):
+    stop_hf.patch(model, config(method="uniform", retention=0.25, allow_training=True))
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(**inputs)
+    model.eval()
+    with pytest.raises(stop_hf.StopConfigError, match="allow_training"):
+        StopConfig(method="uniform", retention=0.25, allow_training="yes")
+
+
 def test_no_unpruned_tensors_stay_referenced(arch, model, inputs):
     stop_hf.patch(model, config(method="visionzip", retention=0.1))
     state = model._stop_state
