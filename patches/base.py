@@ -1,24 +1,43 @@
-"""The adapter interface that a per-architecture patch module implements."""
+"""The adapter interface that a per-architecture patch module implements, and the architecture registry."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ArchAdapter:
-    """Architecture specifics for the shared hooks in `stop_hf.hooks`.
+    """Everything stop_hf knows about one architecture: the shared hooks in `stop_hf.hooks` call its signal capture
+    and position policy; the runner, CLI, bench, viz, eval and testing kit read its names, input preparation, tiny
+    test model and bench shapes. Registered with `@register_architecture` (see `stop_hf.patches`).
 
     Subclasses implement `install_capture`: wrap the video encoder so that each call captures its signals into its
     own buffer (`state.start_capture` / `state.capturing()`, per call, never per model) and hands one `VideoRecord`
     per video to the prefill (`state.set_encoded`). They may override the position policy.
     """
 
-    name: str = ""
+    #: registry key, CLI `--arch` value and `tiny-<name>` model name
+    name: ClassVar[str] = ""
+    #: the HF `*ForConditionalGeneration` class this adapter patches (a transformers export)
+    model_class: ClassVar[str] = ""
+    #: config `model_type`s loaded as `model_class`
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: the lmms-eval model name (`--model`), its wrapper class name and the checkpoint it loads by default
+    lmms_model: ClassVar[str] = ""
+    lmms_class: ClassVar[str] = ""
+    default_pretrained: ClassVar[str] = ""
+    #: input frames fused into one token frame (a temporal patch)
+    temporal_patch: ClassVar[int] = 1
+    #: True when the processor needs the video file itself (it reads the fps for temporal positions)
+    video_from_file: ClassVar[bool] = False
     #: True when the LLM uses 1-D positions (decode positions can be derived from the last prompt position).
-    positions_1d: bool = True
+    positions_1d: ClassVar[bool] = True
     #: method -> reference position policy for this architecture; others use `default_position`.
-    position_policy: dict[str, str] = {}
-    default_position: str = "original"
+    position_policy: ClassVar[dict[str, str]] = {}
+    default_position: ClassVar[str] = "original"
+    #: bench shapes of the real 7B checkpoint: vision widths/depth, input size, LLM tokens per input frame
+    bench_vision: ClassVar[dict[str, int]] = {}
+    bench_image_size: ClassVar[int] = 0
+    bench_tokens_per_frame: ClassVar[float] = 0.0
 
     def default_position_mode(self, method: str) -> str:
         return self.position_policy.get(method, self.default_position)
@@ -48,3 +67,68 @@ class ArchAdapter:
 
     def install_capture(self, model: Any, state: Any) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ inputs (stop_hf.runner.VideoLLM)
+    def decode_video(self, video: Any, num_frames: int) -> Any:
+        """One video (a file, `VideoClip` or (T, H, W, 3) frame array) decoded once for `processor_inputs`, sampling
+        `num_frames` frames from a file. Default: (T, H, W, 3) uint8 frames."""
+        from stop_hf.video import load_frames
+
+        return load_frames(video, num_frames)
+
+    @staticmethod
+    def frame_count(decoded: Any) -> int:
+        return len(decoded)
+
+    def processor_inputs(
+        self, processor: Any, prompts: list[str], decoded: list[Any], **text_kwargs: Any
+    ) -> Any:
+        """Processor inputs for one prompt per decoded video (batch rows)."""
+        import numpy as np
+        import torch
+
+        clips = [torch.from_numpy(np.ascontiguousarray(f)).permute(0, 3, 1, 2) for f in decoded]
+        return processor(text=prompts, videos=clips, **text_kwargs)
+
+    # ------------------------------------------------------------------ viz (stop_hf.viz)
+    def seen_size(self, grid: tuple[int, int]) -> tuple[int, int]:  # pragma: no cover - abstract
+        """(height, width) in pixels of a frame as the model saw it, for a token grid `grid`."""
+        raise NotImplementedError
+
+    def token_grid(self, frames: Any) -> tuple[int, int]:  # pragma: no cover - abstract
+        """The (h, w) LLM token grid of one frame of these (T, H, W, 3) frames, as the processor sizes them."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ testing kit (stop_hf.testing.models)
+    def tiny_config(self) -> Any:  # pragma: no cover - abstract
+        """A tiny random-model config with this architecture's real token geometry (vocab: the offline tokenizer)."""
+        raise NotImplementedError
+
+    def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:  # pragma: no cover - abstract
+        """The real HF processor around `tokenizer`; `chat_template` has `{{ video_placeholder }}` /
+        `{{ image_placeholder }}` for this architecture's media placeholders."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ bench (stop_hf.bench)
+    def bench_config(
+        self,
+        vision: dict[str, int],
+        llm: Any,
+        vision_layers: int,
+        llm_layers: int,
+        vocab: int,
+        video_token: int,
+    ) -> Any:  # pragma: no cover - abstract
+        """An HF config with the given widths (`vision`: bench_vision keys; `llm`: a bench LLMShape) and depths."""
+        raise NotImplementedError
+
+    def bench_inputs(
+        self, model: Any, frames: int, image_size: int, device: str, dtype: Any
+    ) -> dict[str, Any]:
+        """Synthetic inputs without a processor: {"span": the token ids of one video's span in the prompt,
+        "n_video": its video-token count, "pixels": the model's pixel kwargs}."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def bench_method_kwargs(self, model: Any, folder: str) -> dict[str, dict[str, Any]]:
+        """Extra stop_config fields per method for the bench (e.g. a random head written to `folder`)."""
+        return {}

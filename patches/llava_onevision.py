@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
+from stop_hf import compat
 from stop_hf.hooks import StopState, VideoRecord, wrap_method
 from stop_hf.siglip_head import SiglipMapHead, load_siglip_head
 from stop_hf.signals import attention_received, head_mean_keys, signal_dtype
 
+from . import register_architecture
 from .base import ArchAdapter
 
 #: `global_feature: mean` warns once per process that it is not the paper's signal.
@@ -44,8 +46,22 @@ def _warn_mean_feature_once() -> None:
         )
 
 
+@register_architecture
 class LlavaOnevisionAdapter(ArchAdapter):
     name = "llava_onevision"
+    model_class = "LlavaOnevisionForConditionalGeneration"
+    model_types = ("llava_onevision",)
+    lmms_model = "llava_onevision_stop"
+    lmms_class = "LlavaOneVisionStop"
+    default_pretrained = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
+    temporal_patch = 1
+    # SigLIP-so400m/14 @384: 27x27 patches, 2x2 pooled to 14x14 = 196 tokens per frame (+1 newline per video)
+    bench_vision = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "layers": 26}
+    bench_image_size = 384
+    bench_tokens_per_frame = 196
+    #: the frame size SigLIP sees
+    frame_px = 384
+
     positions_1d = True
     # Reference position ids: every method's reference code renumbers (compact). For FastVID that is the SToP code,
     # which the paper's rows come from; the original FastVID code keeps original ids (position_mode: original).
@@ -59,8 +75,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
     default_position = "original"
 
     def encoder_layers(self, model: Any) -> Any:
-        tower = self.base_model(model).vision_tower
-        return getattr(tower, "vision_model", tower).encoder.layers  # transformers 5.x dropped the wrapper
+        return compat.siglip_encoder_layers(self.base_model(model).vision_tower)
 
     def saliency_layer_index(self, model: Any, configured: int | None) -> int:
         """The encoder layer whose attention is recomputed; default: the layer whose output are the features."""
@@ -121,7 +136,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
                     output = original(pixel_values_videos, *args, **kwargs)
                 finally:
                     state.stop_capture(token)
-                pooled = output.pooler_output if hasattr(output, "pooler_output") else output[1]
+                pooled = compat.pooled_output(output)
                 videos, frames = pixel_values_videos.shape[:2]
                 started = time.perf_counter()
                 attention = keys = global_features = None
@@ -154,7 +169,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
             return get_video_features
 
-        handles.append(wrap_method(base, "get_video_features", make_wrapper))
+        handles.append(wrap_method(base, compat.VIDEO_FEATURES_METHOD, make_wrapper))
 
         if encoder_needs & {"attention", "keys"}:
             layer = self.encoder_layers(model)[self.saliency_layer_index(model, state.config.saliency_layer)]
@@ -249,3 +264,123 @@ class LlavaOnevisionAdapter(ArchAdapter):
             attn.register_forward_pre_hook(start, with_kwargs=True),
             attn.register_forward_hook(finish, with_kwargs=True),
         ]
+
+    # ------------------------------------------------------------------ viz
+    def seen_size(self, grid: tuple[int, int]) -> tuple[int, int]:
+        return self.frame_px, self.frame_px
+
+    def token_grid(self, frames: Any) -> tuple[int, int]:
+        side = math.ceil(self.frame_px // 14 / 2)  # 27x27 patches pooled 2x2 (ceil) -> 14x14
+        return side, side
+
+    # ------------------------------------------------------------------ testing kit
+    def tiny_config(self) -> Any:
+        """SigLIP 384/14 geometry (729 patches -> 196 pooled tokens per frame), a 2-layer Qwen2 LLM."""
+        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+        from stop_hf.testing.models import VOCAB_SIZE, token_id
+
+        vision = SiglipVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            patch_size=14,
+            image_size=384,
+            vision_use_head=False,
+        )
+        text = Qwen2Config(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            eos_token_id=token_id("<|im_end|>"),
+            pad_token_id=token_id("<pad>"),
+        )
+        return LlavaOnevisionConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=token_id("<image>"),
+            video_token_index=token_id("<video>"),
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
+
+    def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:
+        from transformers import (
+            LlavaOnevisionImageProcessor,
+            LlavaOnevisionProcessor,
+            LlavaOnevisionVideoProcessor,
+        )
+
+        template = chat_template.replace("{{ video_placeholder }}", "<video>").replace(
+            "{{ image_placeholder }}", "<image>"
+        )
+        return LlavaOnevisionProcessor(
+            image_processor=LlavaOnevisionImageProcessor(),
+            video_processor=LlavaOnevisionVideoProcessor(),
+            tokenizer=tokenizer,
+            num_image_tokens=729,
+            vision_feature_select_strategy="full",
+            chat_template=template,
+        )
+
+    # ------------------------------------------------------------------ bench
+    def bench_config(
+        self,
+        vision: dict[str, int],
+        llm: Any,
+        vision_layers: int,
+        llm_layers: int,
+        vocab: int,
+        video_token: int,
+    ) -> Any:
+        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+        return LlavaOnevisionConfig(
+            vision_config=SiglipVisionConfig(
+                hidden_size=vision["hidden_size"],
+                intermediate_size=vision["intermediate_size"],
+                num_hidden_layers=vision_layers,
+                num_attention_heads=vision["num_attention_heads"],
+                patch_size=14,
+                image_size=self.bench_image_size,
+                vision_use_head=False,
+            ),
+            text_config=Qwen2Config(
+                vocab_size=vocab,
+                hidden_size=llm.hidden,
+                intermediate_size=llm.mlp,
+                num_hidden_layers=llm_layers,
+                num_attention_heads=llm.heads,
+                num_key_value_heads=llm.kv_heads,
+                max_position_embeddings=32768,
+            ),
+            image_token_index=4,
+            video_token_index=video_token,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
+
+    def bench_inputs(
+        self, model: Any, frames: int, image_size: int, device: str, dtype: Any
+    ) -> dict[str, Any]:
+        pooled = -(-(image_size // 14) // 2)
+        n_video = frames * pooled * pooled + 1  # + the image_newline
+        pixels = torch.randn(1, frames, 3, image_size, image_size, dtype=dtype, device=device)
+        return {
+            "span": [self.video_token_id(model)] * n_video,
+            "n_video": n_video,
+            "pixels": {"pixel_values_videos": pixels},
+        }
+
+    def bench_method_kwargs(self, model: Any, folder: str) -> dict[str, dict[str, Any]]:
+        """FastVID's MAP head: random weights of the tower's width (its cost is part of the signal time)."""
+        from stop_hf.testing.siglip import save_random_siglip_head
+
+        vision = model.config.vision_config
+        save_random_siglip_head(folder, vision.hidden_size, vision.intermediate_size)
+        return {"fastvid": {"siglip_head": folder}}

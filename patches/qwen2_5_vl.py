@@ -20,14 +20,16 @@ pruned sequence's own state (stop_hf.hooks.translate_decode), so concurrent call
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from stop_hf import compat
 from stop_hf.hooks import StopState, VideoRecord, wrap_method
 from stop_hf.siglip_head import refuse_map_head
 from stop_hf.signals import head_mean_keys, segment_attention_received, signal_dtype, unpermute_merge_units
 
+from . import register_architecture
 from .base import ArchAdapter
 
 
@@ -38,7 +40,7 @@ def validate_video_grid(
     the model cannot tokenize (the processor never produces them: it pads frames to a full temporal patch and resizes
     to a multiple of patch_size * merge_size)."""
     if video_grid_thw is None:
-        raise ValueError("stop_hf: Qwen2.5-VL videos need video_grid_thw (the processor returns it)")
+        raise ValueError("stop_hf: Qwen-VL videos need video_grid_thw (the processor returns it)")
     grids = [[int(v) for v in row] for row in torch.as_tensor(video_grid_thw).reshape(-1, 3).tolist()]
     for index, (t, h, w) in enumerate(grids):
         if t < 1:
@@ -61,8 +63,26 @@ def validate_video_grid(
     return grids
 
 
+@register_architecture
 class Qwen2_5_VLAdapter(ArchAdapter):
     name = "qwen2_5_vl"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    model_types = ("qwen2_5_vl",)
+    lmms_model = "qwen2_5_vl_stop"
+    lmms_class = "Qwen2_5_VLStop"
+    default_pretrained = "Qwen/Qwen2.5-VL-7B-Instruct"
+    temporal_patch = 2
+    video_from_file = (
+        True  # qwen-vl-utils reads the fps for the temporal mRoPE ids (arrays are taken as 2 fps)
+    )
+    # ViT: 1280 wide, 32 blocks, merge 2x2, temporal patch 2; 336x336 -> 12x12 = 144 tokens per 2 frames
+    bench_vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_attention_heads": 16, "layers": 32}
+    bench_image_size = 336
+    bench_tokens_per_frame = 72
+    #: pixels per LLM token side: patch 14 x merge 2
+    token_px = 28
+    #: shown in errors
+    display_name: ClassVar[str] = "Qwen2.5-VL"
     positions_1d = False  # 3-D mRoPE: decode positions come from generate's ids or from rope_deltas
     position_policy: dict[str, str] = {}
     default_position = "original"  # compact 1-D renumbering is not defined for mRoPE
@@ -70,18 +90,34 @@ class Qwen2_5_VLAdapter(ArchAdapter):
     def vision_module(self, model: Any) -> Any:
         return self.base_model(model).visual
 
+    def full_attention_blocks(self, vision: Any) -> list[int]:
+        """Indices of the vision blocks that attend over a whole temporal patch (the others attend in windows)."""
+        return [int(i) for i in vision.fullatt_block_indexes or []]
+
+    def merge_unit_order(self, grids: list[list[int]], vision: Any) -> torch.Tensor:
+        """For each merge unit in the tower's order, its raster index (the window permutation)."""
+        return compat.vision_window_index(
+            torch.tensor(grids, dtype=torch.long),
+            int(vision.spatial_merge_size),
+            vision.window_size,
+            vision.patch_size,
+        )
+
+    def attention_patches(self, h: int, w: int, full_attention: bool, vision: Any) -> int:
+        """Keys the saliency softmax ran over per temporal patch of an h x w patch grid (sets mu_s rescaling)."""
+        window_patches = (vision.window_size // vision.patch_size) ** 2
+        return h * w if full_attention else min(h * w, window_patches)
+
     def saliency_block_index(self, model: Any, configured: int | None) -> int:
         """The vision block whose attention is recomputed; default: the last full-attention block."""
         vision = self.base_model(model).visual
         depth = len(vision.blocks)
         if configured is None:
-            full = list(vision.config.fullatt_block_indexes or [])
+            full = self.full_attention_blocks(vision.config)
             return int(full[-1]) if full else depth - 1
         return self.check_layer_index(configured, depth, "blocks")
 
     def install_capture(self, model: Any, state: StopState) -> list[Any]:
-        from transformers.vision_utils import get_vision_window_index
-
         base = self.base_model(model)
         visual = base.visual
         vision = visual.config
@@ -89,10 +125,10 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         unit = merge * merge
         needs = set(state.needs)
         # no SigLIP MAP head: FastVID uses the frame mean here (see docs/qwen2_5_vl.md)
-        refuse_map_head(state.config, needs, "Qwen2.5-VL")
+        refuse_map_head(state.config, needs, self.display_name)
         block_index = self.saliency_block_index(model, state.config.saliency_layer)
-        full_attention = block_index in set(vision.fullatt_block_indexes or [])
-        window_patches = (vision.window_size // vision.patch_size) ** 2
+        full_attention = block_index in set(self.full_attention_blocks(vision))
+        rotate = compat.rotary_vision(self.model_types[0]) if "attention" in needs else None
         handles: list[Any] = []
 
         def make_wrapper(original):
@@ -104,22 +140,16 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                     output = original(pixel_values_videos, video_grid_thw, *args, **kwargs)
                 finally:
                     state.stop_capture(token)
-                pooled = output.pooler_output if hasattr(output, "pooler_output") else output[1]
+                pooled = compat.pooled_output(output)
                 started = time.perf_counter()
-                grid_tensor = torch.tensor(grids, dtype=torch.long)
-                window_index, _ = get_vision_window_index(
-                    grid_tensor,
-                    spatial_merge_size=merge,
-                    window_size=vision.window_size,
-                    patch_size=vision.patch_size,
-                )
+                window_index = self.merge_unit_order(grids, vision)
                 attention = keys = global_features = None
                 if buffer["attention"]:
                     attention = unpermute_merge_units(buffer["attention"][-1], window_index, unit)
                 if buffer["keys"]:
                     keys = unpermute_merge_units(buffer["keys"][-1], window_index, unit)
                 if "global_features" in needs:
-                    hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+                    hidden = compat.last_hidden_state(output)
                     global_features = unpermute_merge_units(hidden.detach().float(), window_index, unit)
                 records, offset = [], 0
                 for v, (t, h, w) in enumerate(grids):
@@ -141,7 +171,7 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                             keys=per_frame(keys),
                             global_features=None if frame_global is None else frame_global.mean(dim=1),
                             # keys the saliency softmax ran over per temporal patch (sets the mu_s rescaling)
-                            attention_patches=h * w if full_attention else min(h * w, window_patches),
+                            attention_patches=self.attention_patches(h, w, full_attention, vision),
                         )
                     )
                 seconds = buffer["seconds"] + time.perf_counter() - started
@@ -152,11 +182,9 @@ class Qwen2_5_VLAdapter(ArchAdapter):
 
             return get_video_features
 
-        handles.append(wrap_method(base, "get_video_features", make_wrapper))
+        handles.append(wrap_method(base, compat.VIDEO_FEATURES_METHOD, make_wrapper))
 
         if needs & {"attention", "keys"}:
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-
             chunk = state.config.signal_chunk_frames
 
             def capture_attention(module, args, kwargs):
@@ -174,7 +202,7 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                         buffer["keys"].append(head_mean_keys(keys.transpose(0, 1)[None])[0])
                     if "attention" in needs:
                         cos, sin = kwargs["position_embeddings"]
-                        queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
+                        queries, keys = rotate(queries, keys, cos, sin)
                         buffer["attention"].append(
                             segment_attention_received(
                                 queries,
@@ -191,3 +219,195 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             attn = visual.blocks[block_index].attn
             handles.append(attn.register_forward_pre_hook(capture_attention, with_kwargs=True))
         return handles
+
+    # ------------------------------------------------------------------ inputs
+    def decode_video(self, video: Any, num_frames: int) -> Any:
+        """A qwen-vl-utils video element: PIL frames plus their sampling fps (see `stop_hf.runner`)."""
+        from stop_hf.runner import qwen_video_element
+
+        return qwen_video_element(video, num_frames)
+
+    @staticmethod
+    def frame_count(decoded: Any) -> int:
+        return len(decoded["video"])
+
+    def processor_inputs(
+        self, processor: Any, prompts: list[str], decoded: list[Any], **text_kwargs: Any
+    ) -> Any:
+        """The reference way: qwen-vl-utils' `process_vision_info` per video, then the processor with the returned
+        per-video metadata. transformers 5.23 takes the sampling fps only from `video_metadata` (a bare `fps=` is
+        ignored or rejected); without it second_per_grid_ts assumes 24 fps and the temporal mRoPE ids collapse."""
+        from qwen_vl_utils import process_vision_info
+
+        clips, metadata, video_kwargs = [], [], {}
+        for element in decoded:
+            _, video_inputs, video_kwargs = process_vision_info(
+                [{"role": "user", "content": [element]}], return_video_kwargs=True, return_video_metadata=True
+            )
+            clips.append(video_inputs[0][0])
+            metadata.append(video_inputs[0][1])
+        return processor(
+            text=prompts,
+            videos=clips,
+            video_metadata=metadata,
+            do_resize=False,  # qwen-vl-utils already resized to multiples of patch_size * merge_size
+            cap_pixels_per_frame=True,  # the reference (qwen-vl-utils) sizing; a no-op without resizing
+            **text_kwargs,
+            **video_kwargs,
+        )
+
+    # ------------------------------------------------------------------ viz
+    def seen_size(self, grid: tuple[int, int]) -> tuple[int, int]:
+        return grid[0] * self.token_px, grid[1] * self.token_px
+
+    def token_grid(self, frames: Any) -> tuple[int, int]:
+        """qwen-vl-utils' own resize of these frames (multiples of 28 px), in tokens."""
+        from qwen_vl_utils import process_vision_info
+
+        from stop_hf.runner import qwen_video_element
+
+        element = qwen_video_element(frames, len(frames))
+        _, videos, _ = process_vision_info([{"role": "user", "content": [element]}], return_video_kwargs=True)
+        height, width = videos[0].shape[-2:]
+        return int(height) // self.token_px, int(width) // self.token_px
+
+    # ------------------------------------------------------------------ testing kit
+    config_class: ClassVar[str] = "Qwen2_5_VLConfig"
+    processor_class: ClassVar[str] = "Qwen2_5_VLProcessor"
+
+    def tiny_vision_config(self) -> dict[str, Any]:
+        """Real geometry: patch 14, merge 2, temporal patch 2; window attention with one full-attention block."""
+        return {
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        }
+
+    def tiny_config(self) -> Any:
+        import transformers
+
+        from stop_hf.testing.models import VOCAB_SIZE, token_id
+
+        return getattr(transformers, self.config_class)(
+            vision_config=self.tiny_vision_config(),
+            text_config={
+                "vocab_size": VOCAB_SIZE,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+                "eos_token_id": token_id("<|im_end|>"),
+                "pad_token_id": token_id("<pad>"),
+                "bos_token_id": None,
+            },
+            image_token_id=token_id("<|image_pad|>"),
+            video_token_id=token_id("<|video_pad|>"),
+            vision_start_token_id=token_id("<|vision_start|>"),
+            vision_end_token_id=token_id("<|vision_end|>"),
+        )
+
+    def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:
+        import transformers
+        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+        template = chat_template.replace(
+            "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
+        ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
+        return getattr(transformers, self.processor_class)(
+            image_processor=Qwen2VLImageProcessor(),
+            video_processor=Qwen2VLVideoProcessor(),
+            tokenizer=tokenizer,
+            chat_template=template,
+        )
+
+    # ------------------------------------------------------------------ bench
+    def bench_vision_config(
+        self, vision: dict[str, int], out_hidden: int, vision_layers: int
+    ) -> dict[str, Any]:
+        return {
+            "depth": vision_layers,
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_heads": vision["num_attention_heads"],
+            "out_hidden_size": out_hidden,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [vision_layers - 1],
+            "tokens_per_second": 2,
+        }
+
+    def bench_config(
+        self,
+        vision: dict[str, int],
+        llm: Any,
+        vision_layers: int,
+        llm_layers: int,
+        vocab: int,
+        video_token: int,
+    ) -> Any:
+        import transformers
+
+        hd = llm.hidden // llm.heads
+        return getattr(transformers, self.config_class)(
+            vision_config=self.bench_vision_config(vision, llm.hidden, vision_layers),
+            text_config={
+                "vocab_size": vocab,
+                "hidden_size": llm.hidden,
+                "intermediate_size": llm.mlp,
+                "num_hidden_layers": llm_layers,
+                "num_attention_heads": llm.heads,
+                "num_key_value_heads": llm.kv_heads,
+                "max_position_embeddings": 32768,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 1e6,
+                    "mrope_section": [
+                        hd // 2 - 2 * (hd * 3 // 16),
+                        hd * 3 // 16,
+                        hd * 3 // 16,
+                    ],  # 7B: 16,24,24
+                },
+                "bos_token_id": None,
+            },
+            image_token_id=4,
+            video_token_id=video_token,
+            vision_start_token_id=6,
+            vision_end_token_id=7,
+        )
+
+    def bench_inputs(
+        self, model: Any, frames: int, image_size: int, device: str, dtype: Any
+    ) -> dict[str, Any]:
+        if frames % self.temporal_patch:
+            raise ValueError(f"{self.name} needs an even frame count (temporal patch {self.temporal_patch})")
+        grid = image_size // 14
+        t = frames // self.temporal_patch
+        n_video = t * (grid // 2) ** 2
+        config = model.config
+        span = (
+            [config.vision_start_token_id]
+            + [self.video_token_id(model)] * n_video
+            + [config.vision_end_token_id]
+        )
+        pixels = torch.randn(t * grid * grid, 3 * 2 * 14 * 14, dtype=dtype, device=device)
+        return {
+            "span": span,
+            "n_video": n_video,
+            "pixels": {
+                "pixel_values_videos": pixels,
+                "video_grid_thw": torch.tensor([[t, grid, grid]], device=device),
+            },
+        }

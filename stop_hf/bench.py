@@ -45,26 +45,21 @@ class ArchShape:
     tokens_per_frame: float  # LLM video tokens per input frame
 
 
-#: Qwen2-7B LLM (both models): hidden 3584, 28 heads, 4 KV heads, MLP 18944, 28 layers.
+#: Qwen2-7B LLM (every registered 7B model): hidden 3584, 28 heads, 4 KV heads, MLP 18944, 28 layers.
 QWEN2_7B = LLMShape()
-SHAPES = {
-    # SigLIP-so400m/14 @384: 27x27 patches, 2x2 pooled to 14x14 = 196 tokens per frame (+1 newline per video)
-    "llava_onevision": ArchShape(
-        "llava_onevision",
-        QWEN2_7B,
-        {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "layers": 26},
-        384,
-        196,
-    ),
-    # Qwen2.5-VL ViT: 1280 wide, 32 blocks, merge 2x2, temporal patch 2; 336x336 -> 12x12 = 144 tokens / 2 frames
-    "qwen2_5_vl": ArchShape(
-        "qwen2_5_vl",
-        QWEN2_7B,
-        {"hidden_size": 1280, "intermediate_size": 3420, "num_attention_heads": 16, "layers": 32},
-        336,
-        72,
-    ),
-}
+
+
+def _shapes() -> dict[str, ArchShape]:
+    """arch -> the real 7B checkpoint's shapes, from each registered adapter (see its `bench_*` fields)."""
+    from stop_hf.patches import ARCHITECTURES
+
+    return {
+        name: ArchShape(name, QWEN2_7B, dict(a.bench_vision), a.bench_image_size, a.bench_tokens_per_frame)
+        for name, a in ARCHITECTURES.items()
+    }
+
+
+SHAPES = _shapes()
 
 
 # ---------------------------------------------------------------------------------------------------- FLOPs
@@ -94,90 +89,19 @@ def fastv_flops(n: int, s: LLMShape, layers: int | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------- models
 def build_config(arch: str, vision_layers: int, llm_layers: int, shape: ArchShape | None = None):
     """An HF config with the real widths of `arch` (or `shape`), the given depths and a BENCH_VOCAB vocab."""
+    from stop_hf.patches import architecture
+
+    adapter = architecture(arch)
     shape = shape or SHAPES[arch]
-    s, v = shape.llm, shape.vision
-    if arch == "llava_onevision":
-        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-
-        vision = SiglipVisionConfig(
-            hidden_size=v["hidden_size"],
-            intermediate_size=v["intermediate_size"],
-            num_hidden_layers=vision_layers,
-            num_attention_heads=v["num_attention_heads"],
-            patch_size=14,
-            image_size=shape.image_size,
-            vision_use_head=False,
-        )
-        text = Qwen2Config(
-            vocab_size=BENCH_VOCAB,
-            hidden_size=s.hidden,
-            intermediate_size=s.mlp,
-            num_hidden_layers=llm_layers,
-            num_attention_heads=s.heads,
-            num_key_value_heads=s.kv_heads,
-            max_position_embeddings=32768,
-        )
-        return LlavaOnevisionConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_index=4,
-            video_token_index=VIDEO_TOKEN,
-            vision_feature_layer=-1,
-            vision_feature_select_strategy="full",
-        )
-    if arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig
-
-        hd = s.hidden // s.heads
-        return Qwen2_5_VLConfig(
-            vision_config={
-                "depth": vision_layers,
-                "hidden_size": v["hidden_size"],
-                "intermediate_size": v["intermediate_size"],
-                "num_heads": v["num_attention_heads"],
-                "out_hidden_size": s.hidden,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "window_size": 112,
-                "fullatt_block_indexes": [vision_layers - 1],
-                "tokens_per_second": 2,
-            },
-            text_config={
-                "vocab_size": BENCH_VOCAB,
-                "hidden_size": s.hidden,
-                "intermediate_size": s.mlp,
-                "num_hidden_layers": llm_layers,
-                "num_attention_heads": s.heads,
-                "num_key_value_heads": s.kv_heads,
-                "max_position_embeddings": 32768,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 1e6,
-                    "mrope_section": [
-                        hd // 2 - 2 * (hd * 3 // 16),
-                        hd * 3 // 16,
-                        hd * 3 // 16,
-                    ],  # 7B: 16,24,24
-                },
-                "bos_token_id": None,
-            },
-            image_token_id=4,
-            video_token_id=VIDEO_TOKEN,
-            vision_start_token_id=6,
-            vision_end_token_id=7,
-        )
-    raise ValueError(f"arch={arch!r} is not supported; allowed: {sorted(SHAPES)}")
+    return adapter.bench_config(shape.vision, shape.llm, vision_layers, llm_layers, BENCH_VOCAB, VIDEO_TOKEN)
 
 
 def build_model(config, device: str, dtype: torch.dtype):
-    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    from stop_hf import compat
+    from stop_hf.patches import ARCHITECTURES
 
-    cls = (
-        LlavaOnevisionForConditionalGeneration
-        if config.model_type == "llava_onevision"
-        else Qwen2_5_VLForConditionalGeneration
-    )
+    classes = {t: a.model_class for a in ARCHITECTURES.values() for t in a.model_types}
+    cls = compat.model_class(classes[config.model_type])
     torch.manual_seed(0)
     with torch.device(device):
         model = cls._from_config(config, dtype=dtype)
@@ -186,32 +110,16 @@ def build_model(config, device: str, dtype: torch.dtype):
 
 def build_inputs(model, frames: int, image_size: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
     """Synthetic video inputs without a processor: pixel values plus input_ids with the right placeholder count."""
+    from stop_hf.patches import adapter_for
+
+    video = adapter_for(model).bench_inputs(model, frames, image_size, device, dtype)
     prefix, suffix = [2, 10, 11], [3, 12, 13, 14]
-    if model.config.model_type == "llava_onevision":
-        grid = image_size // 14
-        pooled = -(-grid // 2)
-        n_video = frames * pooled * pooled + 1
-        ids = prefix + [VIDEO_TOKEN] * n_video + suffix
-        pixels = torch.randn(1, frames, 3, image_size, image_size, dtype=dtype, device=device)
-        extra = {"pixel_values_videos": pixels}
-    else:
-        if frames % 2:
-            raise ValueError("qwen2_5_vl needs an even frame count (temporal patch 2)")
-        grid = image_size // 14
-        t = frames // 2
-        n_video = t * (grid // 2) ** 2
-        ids = prefix + [6] + [VIDEO_TOKEN] * n_video + [7] + suffix
-        pixels = torch.randn(t * grid * grid, 3 * 2 * 14 * 14, dtype=dtype, device=device)
-        extra = {
-            "pixel_values_videos": pixels,
-            "video_grid_thw": torch.tensor([[t, grid, grid]], device=device),
-        }
-    input_ids = torch.tensor([ids], device=device)
+    input_ids = torch.tensor([prefix + video["span"] + suffix], device=device)
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
-        "n_video": n_video,
-        **extra,
+        "n_video": video["n_video"],
+        **video["pixels"],
     }
 
 
@@ -282,7 +190,7 @@ def measure_once(model, inputs: dict[str, Any], device: str, decode_tokens: int)
 
     adapter = adapter_for(model)
     lm = adapter.language_model(model)
-    vision = model.model.vision_tower if hasattr(model.model, "vision_tower") else model.model.visual
+    vision = adapter.vision_module(model)
     timer = StageTimer(vision, lm)
     kwargs = {k: v for k, v in inputs.items() if k != "n_video"}
     with torch.inference_mode(), timer.measure(), _LayerTimer(lm.layers, device) as layers:
@@ -367,7 +275,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     """Runs the whole grid and writes results.json, table.md and speedup.png into settings.out."""
     import stop_hf
     from stop_hf.config import StopConfig
-    from stop_hf.testing.siglip import save_random_siglip_head
+    from stop_hf.patches import adapter_for
 
     try:
         from tqdm.auto import tqdm
@@ -413,11 +321,8 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     warmed: set[tuple[str, bool]] = set()
     head_dir = tempfile.TemporaryDirectory(prefix="stop_hf_bench_siglip_head_")
     extra: dict[str, dict[str, Any]] = {}
-    # FastVID's MAP head on LLaVA-OV: random weights of the tower's width (its cost is part of the signal time)
-    if settings.arch == "llava_onevision":
-        vision = model.config.vision_config
-        save_random_siglip_head(head_dir.name, vision.hidden_size, vision.intermediate_size)
-        extra["fastvid"] = {"siglip_head": head_dir.name}
+    # e.g. FastVID's MAP head on LLaVA-OV: random weights of the tower's width (its cost is part of the signal time)
+    extra.update(adapter_for(model).bench_method_kwargs(model, head_dir.name))
     for method, sink, r in grid:
         stop_hf.patch(model, StopConfig(method=method, retention=r, sink=sink, **extra.get(method, {})))
         timed = _median_run(model, inputs, settings, progress, warm=(method, sink) not in warmed)

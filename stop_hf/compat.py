@@ -146,11 +146,25 @@ def _from_pretrained_is_classmethod() -> None:
         )
 
 
+def _registered() -> list[Any]:
+    """The registered architectures' adapters (the contracts below check what each of them relies on)."""
+    from stop_hf.patches import ARCHITECTURES
+
+    return [cls() for cls in ARCHITECTURES.values()]
+
+
+def _backbone_of(adapter: Any) -> str:
+    return adapter.model_class.removesuffix("ForConditionalGeneration") + "Model"
+
+
 def _backbones_mapped() -> None:
-    for model_type, name in (("llava_onevision", "LlavaOnevisionModel"), ("qwen2_5_vl", "Qwen2_5_VLModel")):
-        found = backbone_class_name(model_type)
-        if found != name:
-            raise ValueError(f"MODEL_MAPPING_NAMES[{model_type!r}] is {found!r}, not {name!r}")
+    for adapter in _registered():
+        for model_type in adapter.model_types:
+            found = backbone_class_name(model_type)
+            if found != _backbone_of(adapter):
+                raise ValueError(
+                    f"MODEL_MAPPING_NAMES[{model_type!r}] is {found!r}, not {_backbone_of(adapter)!r}"
+                )
 
 
 def _slice_logits_to_keep() -> None:
@@ -196,7 +210,7 @@ def _mm_encoder_outputs() -> None:
 
 
 def _video_features_method() -> None:
-    for name in ("LlavaOnevisionModel", "Qwen2_5_VLModel", "Qwen2VLModel"):
+    for name in (_backbone_of(adapter) for adapter in _registered()):
         cls = model_class(name)
         method = getattr(cls, VIDEO_FEATURES_METHOD, None)
         if method is None:
@@ -206,7 +220,7 @@ def _video_features_method() -> None:
 
 
 def _rope_deltas() -> None:
-    for name in ("Qwen2_5_VLModel", "Qwen2VLModel"):
+    for name in (_backbone_of(a) for a in _registered() if not a.positions_1d):  # the mRoPE models
         source = inspect.getsource(model_class(name))
         if f"self.{ROPE_DELTAS_ATTRIBUTE}" not in source:
             raise ValueError(f"{name} no longer keeps self.{ROPE_DELTAS_ATTRIBUTE}")
@@ -222,7 +236,7 @@ def _window_index() -> None:
 
 
 def _rotary_vision() -> None:
-    for model_type in ("qwen2_5_vl", "qwen2_vl"):
+    for model_type in (a.model_types[0] for a in _registered() if not a.positions_1d):  # Qwen-VL towers
         rotate = rotary_vision(model_type)
         q = torch.randn(3, 2, 4)
         cos, sin = torch.ones(3, 4), torch.zeros(3, 4)
@@ -278,7 +292,7 @@ CONTRACTS: tuple[Contract, ...] = (
         _window_index,
     ),
     Contract(
-        "modeling_qwen2_5_vl/modeling_qwen2_vl.apply_rotary_pos_emb_vision",
+        "modeling_<qwen-vl>.apply_rotary_pos_emb_vision",
         "apply_rotary_pos_emb_vision(q, k, cos, sin) returns the rotated (q, k)",
         _rotary_vision,
     ),

@@ -30,11 +30,6 @@ import torch
 OUTLINE = (0, 255, 0)
 #: Outline thickness in pixels, drawn inside each token's box.
 THICKNESS = 2
-#: Pixel size of one token per architecture ("llava_onevision": fixed 384 px frames instead).
-QWEN_TOKEN_PX = 28
-LLAVA_FRAME_PX = 384
-#: Frames per token frame (temporal patch) per architecture.
-TEMPORAL_PATCH = {"llava_onevision": 1, "qwen2_5_vl": 2}
 #: Saved figures use this resolution; a figure of (w, h) inches is saved as (w * DPI, h * DPI) pixels.
 DPI = 100
 
@@ -157,12 +152,10 @@ def summarize(entry: dict[str, Any], gamma: float = 1.1) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- pixels
 def seen_size(grid: tuple[int, int], arch: str) -> tuple[int, int]:
-    """(height, width) of a frame as the model saw it."""
-    if arch == "qwen2_5_vl":
-        return grid[0] * QWEN_TOKEN_PX, grid[1] * QWEN_TOKEN_PX
-    if arch == "llava_onevision":
-        return LLAVA_FRAME_PX, LLAVA_FRAME_PX
-    raise ValueError(f"unknown architecture {arch!r}; allowed: {sorted(TEMPORAL_PATCH)}")
+    """(height, width) of a frame as the model saw it (the architecture's adapter knows its geometry)."""
+    from .patches import architecture
+
+    return architecture(arch).seen_size(grid)
 
 
 def frames_as_seen(
@@ -174,7 +167,9 @@ def frames_as_seen(
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (T, H, W, 3), got shape {frames.shape}")
-    patch = TEMPORAL_PATCH.get(arch, 1)
+    from .patches import architecture
+
+    patch = architecture(arch).temporal_patch
     count = token_frames if token_frames is not None else -(-len(frames) // patch)
     height, width = seen_size(grid, arch)
     out = np.empty((count, height, width, 3), dtype=np.uint8)

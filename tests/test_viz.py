@@ -36,7 +36,7 @@ def test_frames_as_seen_geometry(llava_images, qwen_images):
     assert llava_images.shape == (6, 384, 384, 3)
     assert qwen_images.shape == (4, 280, 392, 3)  # temporal patches of 2 frames, 28 px per merged token
     assert viz.seen_size((10, 14), "qwen2_5_vl") == (280, 392)
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(ValueError, match="arch='llama' is not supported; allowed: \\[.llava_onevision."):
         viz.seen_size((14, 14), "llama")
 
 

@@ -6,6 +6,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from ..patches import ARCHITECTURES
+
 DEFAULT_PRESET = "holitom_stop_r10"
 DEFAULT_QUESTION = "What happens in the video?"
 
@@ -17,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="With no arguments: builds the embedded tiny model and a generated 8-frame video, then prints "
         "tokens before/after, prefill time and the generated text, unpruned vs pruned.",
     )
-    parser.add_argument("--arch", default="llava_onevision", choices=["llava_onevision", "qwen2_5_vl"])
+    parser.add_argument("--arch", default="llava_onevision", choices=list(ARCHITECTURES))
     parser.add_argument(
         "--model", help="HF model id or local folder (default: the embedded tiny random model)"
     )

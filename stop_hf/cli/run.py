@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..patches import ARCHITECTURES
 from . import CliError
 
 DEFAULT_PRESET = "holitom_stop_r10"
-ARCHS = ("llava_onevision", "qwen2_5_vl")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--arch",
         default="llava_onevision",
-        choices=ARCHS,
+        choices=list(ARCHITECTURES),
         help="tiny model architecture when --model is absent",
     )
     parser.add_argument("--video", help="video file to ask about")
@@ -202,10 +202,12 @@ def load_model(args: argparse.Namespace, stop_config: Any = None):
 
 
 def model_video(llm: Any, path: Path, frames: np.ndarray) -> Any:
-    """What to hand to `VideoLLM.answer`. LLaVA-OV gets the decoded frames (decoded once, behind the progress bar).
-    Qwen2.5-VL gets the file, so the runner can read its fps for qwen-vl-utils' temporal ids (frame arrays would
-    be taken as 2 fps)."""
-    return str(path) if llm.arch == "qwen2_5_vl" else frames
+    """What to hand to `VideoLLM.answer`: the decoded frames (decoded once, behind the progress bar), or the file for
+    architectures whose processor reads the fps for temporal positions (Qwen-VL: frame arrays would be taken as
+    2 fps)."""
+    from ..patches import architecture
+
+    return str(path) if architecture(llm.arch).video_from_file else frames
 
 
 class _TokenBar:

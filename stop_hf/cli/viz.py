@@ -171,23 +171,12 @@ def _model_entries(args, path, frames, configs, progress):
 
 def _synthetic_entries(args, frames, configs):
     from .. import viz
+    from ..patches import architecture
 
     if args.model:
         raise CliError("--signals synthetic does not use a model; drop --model")
     arch = args.arch
-    grid = (14, 14) if arch == "llava_onevision" else _qwen_grid(frames)
+    grid = architecture(arch).token_grid(frames)
     images = viz.frames_as_seen(frames, grid, arch)
     x = viz.synthetic_prune_input(images, grid)
     return {key: viz.prune_entry(x, config) for key, config in configs.items()}, arch
-
-
-def _qwen_grid(frames) -> tuple[int, int]:
-    """Qwen2.5-VL's merged token grid for these frames: qwen-vl-utils' own resize (multiples of 28 px)."""
-    from qwen_vl_utils import process_vision_info
-
-    from ..runner import qwen_video_element
-
-    element = qwen_video_element(frames, len(frames))
-    _, videos, _ = process_vision_info([{"role": "user", "content": [element]}], return_video_kwargs=True)
-    height, width = videos[0].shape[-2:]
-    return int(height) // 28, int(width) // 28

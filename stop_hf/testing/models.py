@@ -96,104 +96,45 @@ def _scale_qk(module: torch.nn.Module, names: tuple[str, ...]) -> None:
                 param.mul_(QK_SCALE)
 
 
-def tiny_llava_onevision_config(**overrides):
+def tiny_config(arch: str):
+    """The tiny config of a registered architecture (its adapter's `tiny_config`: real token geometry)."""
+    config = _adapter(arch).tiny_config()
+    config.eos_token_id = token_id("<|im_end|>")
+    config.pad_token_id = token_id("<pad>")
+    return config
+
+
+def tiny_llava_onevision_config():
     """LLaVA-OneVision with SigLIP 384/14 geometry (729 patches -> 196 pooled tokens per frame)."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-
-    vision = SiglipVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        patch_size=14,
-        image_size=384,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        eos_token_id=token_id("<|im_end|>"),
-        pad_token_id=token_id("<pad>"),
-    )
-    config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=token_id("<image>"),
-        video_token_index=token_id("<video>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-        **overrides,
-    )
-    config.eos_token_id = token_id("<|im_end|>")
-    config.pad_token_id = token_id("<pad>")
-    return config
+    return tiny_config("llava_onevision")
 
 
-def tiny_qwen2_5_vl_config(**overrides):
+def tiny_qwen2_5_vl_config():
     """Qwen2.5-VL with real geometry: patch 14, merge 2, temporal patch 2, window attention + full blocks."""
-    from transformers import Qwen2_5_VLConfig
-
-    config = Qwen2_5_VLConfig(
-        vision_config={
-            "depth": 2,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 4,
-            "out_hidden_size": 64,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-            "tokens_per_second": 2,
-        },
-        text_config={
-            "vocab_size": VOCAB_SIZE,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-            "eos_token_id": token_id("<|im_end|>"),
-            "pad_token_id": token_id("<pad>"),
-            "bos_token_id": None,
-        },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
-        **overrides,
-    )
-    config.eos_token_id = token_id("<|im_end|>")
-    config.pad_token_id = token_id("<pad>")
-    return config
+    return tiny_config("qwen2_5_vl")
 
 
-ARCHITECTURES = ("llava_onevision", "qwen2_5_vl")
+def _adapter(arch: str):
+    from stop_hf.patches import architecture
+
+    return architecture(arch)
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch={arch!r} is not supported; allowed: {list(ARCHITECTURES)}")
+def __getattr__(name: str):
+    if name == "ARCHITECTURES":  # the registered architectures, in registration order
+        from stop_hf.patches import ARCHITECTURES
+
+        return tuple(ARCHITECTURES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_tiny_model(arch: str = "llava_onevision", seed: int = 0):
     """A random tiny model of `arch` (in memory, eval mode, fp32). q/k projections scaled by QK_SCALE."""
-    from transformers import LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    from stop_hf import compat
 
-    _check_arch(arch)
+    adapter = _adapter(arch)
     torch.manual_seed(seed)
-    if arch == "llava_onevision":
-        model = LlavaOnevisionForConditionalGeneration(tiny_llava_onevision_config())
-    else:
-        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config())
+    model = compat.model_class(adapter.model_class)(tiny_config(arch))
     _scale_qk(model, ("q_proj", "k_proj", "attn.qkv"))
     return model.eval()
 
@@ -208,7 +149,7 @@ def save_tiny_checkpoint(path: str | Path, arch: str = "llava_onevision", seed: 
 
 def tiny_checkpoint(arch: str = "llava_onevision", seed: int = 0) -> Path:
     """A cached tiny checkpoint folder for this process (created on first use)."""
-    _check_arch(arch)
+    _adapter(arch)
     key = (arch, seed)
     if key not in _CHECKPOINTS:
         folder = Path(tempfile.mkdtemp(prefix=f"stop_hf_tiny_{arch}_"))
@@ -222,34 +163,4 @@ _CHECKPOINTS: dict[tuple[str, int], Path] = {}
 
 def build_processor(arch: str = "llava_onevision"):
     """The real HF processor of `arch` around the offline tokenizer."""
-    _check_arch(arch)
-    tokenizer = build_tokenizer()
-    if arch == "llava_onevision":
-        from transformers import (
-            LlavaOnevisionImageProcessor,
-            LlavaOnevisionProcessor,
-            LlavaOnevisionVideoProcessor,
-        )
-
-        template = CHAT_TEMPLATE.replace("{{ video_placeholder }}", "<video>").replace(
-            "{{ image_placeholder }}", "<image>"
-        )
-        return LlavaOnevisionProcessor(
-            image_processor=LlavaOnevisionImageProcessor(),
-            video_processor=LlavaOnevisionVideoProcessor(),
-            tokenizer=tokenizer,
-            num_image_tokens=729,
-            vision_feature_select_strategy="full",
-            chat_template=template,
-        )
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-
-    template = CHAT_TEMPLATE.replace(
-        "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
-    ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
-    return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(),
-        video_processor=Qwen2VLVideoProcessor(),
-        tokenizer=tokenizer,
-        chat_template=template,
-    )
+    return _adapter(arch).tiny_processor(build_tokenizer(), CHAT_TEMPLATE)

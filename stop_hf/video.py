@@ -1,0 +1,42 @@
+"""Frame decoding for the model side: uniform sampling of a file, a `VideoClip` window, or frames given as an array.
+(`stop_hf.testing.video` writes synthetic videos for tests; production code reads through here.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_frames(video: Any, num_frames: int = 8) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames from a file (PyAV, `num_frames` uniformly sampled), a `stop_hf.runner.VideoClip`
+    (its time window) or an array/list of frames (taken as is)."""
+    from .runner import VideoClip, read_clip
+
+    if isinstance(video, VideoClip):
+        return read_clip(video, num_frames)[0]
+    if isinstance(video, (str, Path)):
+        return read_video(video, num_frames)
+    frames = np.asarray(video)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"video frames must be (T, H, W, 3) uint8, got shape {frames.shape}")
+    return frames
+
+
+def read_video(path: str | Path, num_frames: int = 8) -> np.ndarray:
+    """Decodes `num_frames` uniformly sampled frames (T, H, W, 3) uint8 with PyAV. Clear errors for bad files."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
+    try:
+        with av.open(str(path)) as container:
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+        raise ValueError(f"video file {str(path)!r} could not be decoded: {exc}") from None
+    if not decoded:
+        raise ValueError(f"video file {str(path)!r} contains no video frames")
+    picks = np.linspace(0, len(decoded) - 1, num=min(num_frames, len(decoded))).round().astype(int)
+    return np.stack([decoded[i] for i in picks])
