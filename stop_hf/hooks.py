@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import compat
 from .config import StopConfig
 from .pruners import PruneInput, Pruner, PruneResult
 
@@ -216,10 +217,7 @@ def wrap_method(obj: Any, name: str, make_wrapper: Callable[[Callable], Callable
 def check_cache_supported(past_key_values: Any) -> None:
     if past_key_values is None:
         return
-    compileable = getattr(past_key_values, "is_compileable", False)
-    if callable(compileable):
-        compileable = compileable()
-    if compileable or type(past_key_values).__name__ in ("StaticCache", "HybridCache", "SlidingWindowCache"):
+    if compat.is_presized_cache(past_key_values):
         raise StopUnsupportedError(
             f"stop_hf: video pruning does not support {type(past_key_values).__name__} "
             "(cache_implementation='static' / torch.compile): the cache is pre-sized to the unpruned prompt. "
@@ -532,10 +530,7 @@ def translate_decode(
 
 # ---------------------------------------------------------------------------------------------------- hooks
 def _has_video(kwargs: dict[str, Any]) -> bool:
-    return (
-        kwargs.get("pixel_values_videos") is not None
-        or (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
-    )
+    return kwargs.get("pixel_values_videos") is not None or compat.encoder_outputs_video(kwargs) is not None
 
 
 def lm_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
@@ -670,8 +665,6 @@ def top_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module,
 def top_post_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any):
     """Forward hook on the *ForConditionalGeneration model: maps a pruned prefill's outputs to prompt coordinates
     (logits, hidden states, attentions; `DROPPED_FILL` where nothing was computed) and computes the loss."""
-    from transformers.modeling_utils import slice_logits_to_keep
-
     call: CallState | None = state.call.get()
     if call is None or not dataclasses.is_dataclass(output):
         return None
@@ -687,8 +680,8 @@ def top_post_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs
             logits = prefill.expand(logits)
             computed = prefill.computed(logits.device)
             if not (isinstance(call.logits_to_keep, int) and call.logits_to_keep == 0):
-                logits = slice_logits_to_keep(logits, call.logits_to_keep)
-                computed = slice_logits_to_keep(computed[..., None], call.logits_to_keep)[..., 0]
+                logits = compat.slice_logits_to_keep(logits, call.logits_to_keep)
+                computed = compat.slice_logits_to_keep(computed[..., None], call.logits_to_keep)[..., 0]
         if fields.get("hidden_states") is not None:
             fields["hidden_states"] = tuple(prefill.expand(h) for h in fields["hidden_states"])
         if fields.get("attentions") is not None:

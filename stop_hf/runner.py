@@ -137,19 +137,16 @@ class StageTimer:
                 handle.remove()
 
 
-def _arch_of(model: Any) -> str:
-    from stop_hf.patches import adapter_for
-
-    return adapter_for(model).name
-
-
 class VideoLLM:
     """A model, its processor and the prompt format of its architecture."""
 
     def __init__(self, model: Any, processor: Any, num_frames: int = 8) -> None:
+        from stop_hf.patches import adapter_for
+
         self.model = model
         self.processor = processor
-        self.arch = _arch_of(model)
+        self.adapter = adapter_for(model)  # everything architecture-specific: inputs, tokens, modules
+        self.arch = self.adapter.name
         self.num_frames = num_frames
 
     # ------------------------------------------------------------------ construction
@@ -203,16 +200,9 @@ class VideoLLM:
     # ------------------------------------------------------------------ inputs
     def load_frames(self, video: str | Path | np.ndarray | list) -> np.ndarray:
         """(T, H, W, 3) uint8 frames from a file (PyAV, uniform sampling) or an array/list of frames."""
-        from .testing.video import read_video
+        from .video import load_frames
 
-        if isinstance(video, VideoClip):
-            return read_clip(video, self.num_frames)[0]
-        if isinstance(video, (str, Path)):
-            return read_video(video, self.num_frames)
-        frames = np.asarray(video)
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"video frames must be (T, H, W, 3) uint8, got shape {frames.shape}")
-        return frames
+        return load_frames(video, self.num_frames)
 
     def prompt(self, question: str, num_videos: int = 1) -> str:
         content = [{"type": "video"}] * num_videos + [{"type": "text", "text": question}]
@@ -224,12 +214,10 @@ class VideoLLM:
         """Processor inputs for one video and one question, on the model's device."""
         if not question or not str(question).strip():
             raise ValueError("question must be a non-empty string")
-        if self.arch == "qwen2_5_vl":
-            inputs = qwen_vl_inputs(self.processor, self.prompt(question), [video], self.num_frames)
-        else:
-            frames = self.load_frames(video)
-            clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-            inputs = self.processor(text=[self.prompt(question)], videos=[clip], return_tensors="pt")
+        decoded = [self.adapter.decode_video(video, self.num_frames)]
+        inputs = self.adapter.processor_inputs(
+            self.processor, [self.prompt(question)], decoded, return_tensors="pt"
+        )
         return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     # ------------------------------------------------------------------ answering
@@ -240,9 +228,7 @@ class VideoLLM:
 
     @torch.no_grad()
     def generate(self, inputs: dict[str, Any], max_new_tokens: int = 32, **generate_kwargs: Any) -> Answer:
-        from stop_hf.patches import adapter_for
-
-        adapter = adapter_for(self.model)
+        adapter = self.adapter
         timer = StageTimer(adapter.vision_module(self.model), adapter.language_model(self.model))
         generate_kwargs.setdefault("do_sample", False)
         started = time.perf_counter()
@@ -276,16 +262,13 @@ class VideoLLM:
 
     # ------------------------------------------------------------------ batches
     def decode_video(self, video: Any) -> Any:
-        """A video decoded once for `answer_batch`: (T, H, W, 3) uint8 frames (LLaVA-OV), or a qwen-vl-utils
-        element holding PIL frames and their sampling fps (Qwen2.5-VL), exactly what `answer` decodes."""
-        if self.arch == "qwen2_5_vl":
-            return qwen_video_element(video, self.num_frames)
-        return self.load_frames(video)
+        """A video decoded once for `answer_batch`, exactly what `answer` decodes: the architecture's form (see
+        `ArchAdapter.decode_video`: (T, H, W, 3) uint8 frames, or a qwen-vl-utils element with the sampling fps)."""
+        return self.adapter.decode_video(video, self.num_frames)
 
-    @staticmethod
-    def frame_count(decoded: Any) -> int:
+    def frame_count(self, decoded: Any) -> int:
         """Frames of a `decode_video` result (a batch holds videos of one frame count)."""
-        return len(decoded["video"]) if isinstance(decoded, dict) else len(decoded)
+        return self.adapter.frame_count(decoded)
 
     def prepare_batch(self, decoded: list[Any], questions: list[str]) -> dict[str, Any]:
         """Left-padded processor inputs, one row per (decoded video, question), on the model's device."""
@@ -301,30 +284,7 @@ class VideoLLM:
             raise ValueError(f"a batch holds videos of one frame count, got counts {counts}")
         prompts = [self.prompt(q) for q in questions]
         text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
-        if self.arch == "qwen2_5_vl":
-            from qwen_vl_utils import process_vision_info
-
-            clips, metadata, video_kwargs = [], [], {}
-            for element in decoded:  # one row at a time, as `qwen_vl_inputs` does for a single prompt
-                _, video_inputs, video_kwargs = process_vision_info(
-                    [{"role": "user", "content": [element]}],
-                    return_video_kwargs=True,
-                    return_video_metadata=True,
-                )
-                clips.append(video_inputs[0][0])
-                metadata.append(video_inputs[0][1])
-            inputs = self.processor(
-                text=prompts,
-                videos=clips,
-                video_metadata=metadata,
-                do_resize=False,
-                cap_pixels_per_frame=True,
-                **text_kwargs,
-                **video_kwargs,
-            )
-        else:
-            clips = [torch.from_numpy(np.ascontiguousarray(f)).permute(0, 3, 1, 2) for f in decoded]
-            inputs = self.processor(text=prompts, videos=clips, **text_kwargs)
+        inputs = self.adapter.processor_inputs(self.processor, prompts, decoded, **text_kwargs)
         return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     @torch.no_grad()
@@ -390,7 +350,7 @@ def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
     """
     from PIL import Image
 
-    from .testing.video import read_video
+    from .video import read_video
 
     if isinstance(video, VideoClip):
         frames, video_fps, total = read_clip(video, num_frames)
@@ -417,29 +377,6 @@ def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
         "sample_fps": sample_fps,
         "raw_fps": raw_fps,
     }
-
-
-def qwen_vl_inputs(processor: Any, prompt: str, videos: list[Any], num_frames: int = 8) -> dict[str, Any]:
-    """Qwen2.5-VL processor inputs the reference way: qwen-vl-utils' `process_vision_info`, then the processor
-    with the returned per-video metadata. transformers 5.23 takes the sampling fps only from `video_metadata`
-    (a bare `fps=` is ignored or rejected); without it second_per_grid_ts assumes 24 fps and the temporal mRoPE
-    ids collapse."""
-    from qwen_vl_utils import process_vision_info
-
-    messages = [{"role": "user", "content": [qwen_video_element(v, num_frames) for v in videos]}]
-    _, video_inputs, video_kwargs = process_vision_info(
-        messages, return_video_kwargs=True, return_video_metadata=True
-    )
-    clips, metadata = zip(*video_inputs)
-    return processor(
-        text=[prompt],
-        videos=list(clips),
-        video_metadata=list(metadata),
-        do_resize=False,  # qwen-vl-utils already resized to multiples of patch_size * merge_size
-        cap_pixels_per_frame=True,  # the reference (qwen-vl-utils) sizing; a no-op without resizing
-        return_tensors="pt",
-        **video_kwargs,
-    )
 
 
 def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:

@@ -46,9 +46,14 @@ def inputs(arch):
     processor = build_processor(arch)
     frames = synthetic_frames(4, 112, 168, sink_patch=(10, 10, 30))
     if arch == "qwen2_5_vl":
-        from stop_hf.runner import qwen_vl_inputs
+        from stop_hf.patches import architecture
 
-        return dict(qwen_vl_inputs(processor, QWEN_PROMPT, [frames], num_frames=4))
+        from stop_hf.runner import qwen_video_element
+
+        element = qwen_video_element(frames, 4)
+        return dict(
+            architecture(arch).processor_inputs(processor, [QWEN_PROMPT], [element], return_tensors="pt")
+        )
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
     return dict(processor(text=[LLAVA_PROMPT], videos=[clip], return_tensors="pt"))
 

@@ -83,8 +83,8 @@ def _cuda() -> bool:
 
 
 def load_model(model: str, config, device: str, dtype: str, frames: int, **hf_kwargs):
+    from ..patches import ARCHITECTURES
     from ..runner import VideoLLM
-    from ..testing.models import ARCHITECTURES
 
     if model.startswith(TINY_PREFIX):
         arch = model[len(TINY_PREFIX) :]
@@ -99,7 +99,8 @@ def load_model(model: str, config, device: str, dtype: str, frames: int, **hf_kw
 def _save_tiny_checkpoint(model: str) -> None:
     """Writes this process's tiny checkpoint before a process group exists: once one does, transformers'
     `save_pretrained` writes only on rank 0, and the other ranks would find an empty folder."""
-    from ..testing.models import ARCHITECTURES, tiny_checkpoint
+    from ..patches import ARCHITECTURES
+    from ..testing.models import tiny_checkpoint
 
     arch = model[len(TINY_PREFIX) :]
     if model.startswith(TINY_PREFIX) and arch in ARCHITECTURES:

@@ -141,33 +141,11 @@ def synthetic_video(num_frames: int) -> Path:
 
 
 def decode_frames(path: str | Path, num_frames: int, progress: bool = True) -> np.ndarray:
-    """(T, H, W, 3) uint8: `num_frames` uniformly sampled frames, decoded with PyAV behind a progress bar.
+    """(T, H, W, 3) uint8: `num_frames` uniformly sampled frames behind a progress bar, the frames `VideoLLM`
+    samples (`stop_hf.video.read_video`); clear errors for bad files."""
+    from ..video import read_video
 
-    Samples the same frames as `stop_hf.testing.read_video` (which `VideoLLM` uses); clear errors for bad files.
-    """
-    import av
-    from tqdm.auto import tqdm
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
-    decoded = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"video file {str(path)!r} contains no video stream")
-            total = container.streams.video[0].frames or None
-            bar = tqdm(total=total, desc="decoding frames", unit="frame", disable=not progress, leave=False)
-            with bar:
-                for frame in container.decode(video=0):
-                    decoded.append(frame.to_ndarray(format="rgb24"))
-                    bar.update(1)
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise ValueError(f"video file {str(path)!r} could not be decoded: {exc}") from None
-    if not decoded:
-        raise ValueError(f"video file {str(path)!r} contains no video frames")
-    picks = np.linspace(0, len(decoded) - 1, num=min(num_frames, len(decoded))).round().astype(int)
-    return np.stack([decoded[i] for i in picks])
+    return read_video(path, num_frames, progress=progress)
 
 
 def _dtype_or_error(dtype: str, device: str) -> None:

@@ -1,4 +1,5 @@
-"""lmms-eval plugin: LLaVA-OneVision and Qwen2.5-VL wrappers that take `stop_config=` in `--model_args`.
+"""lmms-eval plugin: one wrapper per registered architecture (`<arch>_stop`) that takes `stop_config=` in
+`--model_args`.
 
 Registered through lmms-eval's entry-point group `lmms_eval.models` (see `manifests`), so no fork is needed:
 
@@ -35,8 +36,8 @@ def manifests():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return [
-        ModelManifest("llava_onevision_stop", simple_class_path=f"{__name__}.LlavaOneVisionStop"),
-        ModelManifest("qwen2_5_vl_stop", simple_class_path=f"{__name__}.Qwen2_5_VLStop"),
+        ModelManifest(model_id, simple_class_path=f"{__name__}.{cls.__name__}")
+        for model_id, cls in WRAPPERS.items()
     ]
 
 
@@ -175,11 +176,22 @@ class StopVideoLLM(_Base):
         raise NotImplementedError("stop-hf wrappers support single-round generate_until tasks only")
 
 
-class LlavaOneVisionStop(StopVideoLLM):
-    default_pretrained = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
-    arch = "llava_onevision"
+def _wrapper(adapter: Any) -> type[StopVideoLLM]:
+    """The wrapper class of a registered architecture (named by its `lmms_class`)."""
+    attributes = {
+        "default_pretrained": adapter.default_pretrained,
+        "arch": adapter.name,
+        "__module__": __name__,
+    }
+    return type(adapter.lmms_class, (StopVideoLLM,), attributes)
 
 
-class Qwen2_5_VLStop(StopVideoLLM):
-    default_pretrained = "Qwen/Qwen2.5-VL-7B-Instruct"
-    arch = "qwen2_5_vl"
+def _wrappers() -> dict[str, type[StopVideoLLM]]:
+    from ..patches import ARCHITECTURES
+
+    return {adapter.lmms_model: _wrapper(adapter) for adapter in ARCHITECTURES.values()}
+
+
+#: lmms-eval model name -> wrapper class, one per registered architecture
+WRAPPERS = _wrappers()
+globals().update({cls.__name__: cls for cls in WRAPPERS.values()})
