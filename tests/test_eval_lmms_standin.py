@@ -68,11 +68,12 @@ def plugin(monkeypatch):
     return module
 
 
-def test_manifests_name_both_wrappers(plugin):
+def test_manifests_name_every_wrapper(plugin):
     manifests = {m.model_id: m.simple_class_path for m in plugin.manifests()}
     assert manifests == {
         "llava_onevision_stop": "stop_hf.eval.lmms.LlavaOneVisionStop",
         "qwen2_5_vl_stop": "stop_hf.eval.lmms.Qwen2_5_VLStop",
+        "qwen2_vl_stop": "stop_hf.eval.lmms.Qwen2VLStop",
     }
 
 
