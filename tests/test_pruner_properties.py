@@ -44,7 +44,9 @@ def budget(method: str, pruner, t: int, n: int) -> float:
         return t * min(n, math.floor(n * r) + 1)
     if method == "fastvid":
         return t * max(1, math.floor(n * r))
-    if method == "flashvid":  # B = ceil(1.25 N r) per frame; a ceil per frame in the tree merge adds at most 1
+    if (
+        method == "flashvid"
+    ):  # B = ceil(1.25 N r) per frame; a ceil per frame in the tree merge adds at most 1
         return t * (pruner.budgets(n)[0] + 1)
     if method == "prunevid":  # rho = r N W / (...) + 0.005; up to 14 unclustered tokens per group (+1 guard)
         return min(t * n, (r + 0.005) * t * n + 30 * t)
