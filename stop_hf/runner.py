@@ -226,8 +226,10 @@ class VideoLLM:
         inputs = self.prepare(video, question)
         return self.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
 
-    @torch.no_grad()
-    def generate(self, inputs: dict[str, Any], max_new_tokens: int = 32, **generate_kwargs: Any) -> Answer:
+    def _timed_generate(
+        self, inputs: dict[str, Any], max_new_tokens: int, generate_kwargs: dict[str, Any]
+    ) -> tuple[torch.Tensor, StageTimer, list[dict[str, Any]], dict[str, float]]:
+        """Greedy by default: the output ids, the stage timer, this thread's prune report and the stage seconds."""
         adapter = self.adapter
         timer = StageTimer(adapter.vision_module(self.model), adapter.language_model(self.model))
         generate_kwargs.setdefault("do_sample", False)
@@ -235,21 +237,25 @@ class VideoLLM:
         with timer.measure():
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
         total = time.perf_counter() - started
-        prompt_length = inputs["input_ids"].shape[1]
-        text = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0].strip()
-        video_tokens = int((inputs["input_ids"] == adapter.video_token_id(self.model)).sum())
         report = last_prune_report(self.model) if is_patched(self.model) else []
-        pruned_video = video_tokens - sum(e["tokens_before"] - e["tokens_after"] for e in report)
-        signal = sum(e["signal_seconds"] for e in report)
-        timings = {
+        seconds = {
             "vision": timer.times["vision"],
-            "signals": signal,
+            "signals": sum(e["signal_seconds"] for e in report),
             "pruning": sum(e["prune_seconds"] for e in report),
             "prefill": timer.times["prefill"],
             "decode": timer.times["decode"],
-            "decode_per_token": timer.times["decode"] / max(timer.decode_steps, 1),
             "total": total,
         }
+        return output, timer, report, seconds
+
+    @torch.no_grad()
+    def generate(self, inputs: dict[str, Any], max_new_tokens: int = 32, **generate_kwargs: Any) -> Answer:
+        output, timer, report, timings = self._timed_generate(inputs, max_new_tokens, generate_kwargs)
+        prompt_length = inputs["input_ids"].shape[1]
+        text = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)[0].strip()
+        video_tokens = int((inputs["input_ids"] == self.adapter.video_token_id(self.model)).sum())
+        pruned_video = video_tokens - sum(e["tokens_before"] - e["tokens_after"] for e in report)
+        timings["decode_per_token"] = timer.times["decode"] / max(timer.decode_steps, 1)
         return Answer(
             text=text,
             prompt_tokens=prompt_length,
@@ -295,35 +301,18 @@ class VideoLLM:
         counts equal `answer` on that row alone (lean batches: docs/guarantees.md). `videos` may be paths, clips,
         frame arrays or `decode_video` results; every video must have the same frame count. The batch's timings
         are split equally over its rows (`timings["batch_size"]` says how many shared them)."""
-        from stop_hf.patches import adapter_for
-
         decoded = [v if isinstance(v, dict) else self.decode_video(v) for v in videos]
         inputs = self.prepare_batch(decoded, questions)
-        adapter = adapter_for(self.model)
-        timer = StageTimer(adapter.vision_module(self.model), adapter.language_model(self.model))
-        generate_kwargs.setdefault("do_sample", False)
-        started = time.perf_counter()
-        with timer.measure():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-        total = time.perf_counter() - started
+        output, timer, report, shared = self._timed_generate(inputs, max_new_tokens, generate_kwargs)
         rows = len(decoded)
         prompt_length = inputs["input_ids"].shape[1]
         texts = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-        video_tokens = (inputs["input_ids"] == adapter.video_token_id(self.model)).sum(dim=1).tolist()
+        video_tokens = (inputs["input_ids"] == self.adapter.video_token_id(self.model)).sum(dim=1).tolist()
         real_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        report = last_prune_report(self.model) if is_patched(self.model) else []
         dropped = [0] * rows
         for entry in report:
             for row, _ in entry["placements"]:
                 dropped[row] += entry["tokens_before"] - entry["tokens_after"]
-        shared = {
-            "vision": timer.times["vision"],
-            "signals": sum(e["signal_seconds"] for e in report),
-            "pruning": sum(e["prune_seconds"] for e in report),
-            "prefill": timer.times["prefill"],
-            "decode": timer.times["decode"],
-            "total": total,
-        }
         timings = {k: v / rows for k, v in shared.items()}
         timings["decode_per_token"] = timer.times["decode"] / max(timer.decode_steps, 1)
         timings["batch_size"] = rows
