@@ -109,6 +109,7 @@ def test_target_checks_name_each_miss_and_its_cause():
         _row("visionzip", True, 0.1, 100, 1.0, overhead_s=0.5),  # 0.5 s of 280 s: meets everything
         _row("fastvid", False, 0.1, 100, 1.5),  # same tokens, slower layers: timing noise
         _row("holitom", True, 0.1, 60, 1.0, overhead_s=5.0),  # 1.8% overhead, 4 pp under budget
+        _row("flashvid", False, 0.1, 128, 1.5),  # more tokens than the oracle by its budget rule
     ]
     _derive(rows, LLMShape(layers=28), layers=2, n_text=10)
     lines = target_checks({"rows": rows})
@@ -118,6 +119,8 @@ def test_target_checks_name_each_miss_and_its_cause():
     holitom = by_method["holitom"]
     assert "overhead 1.79%" in holitom and "achieved retention 0.060" in holitom and "STTP" in holitom
     assert "speedup" in holitom and "selection overhead" in holitom
+    flashvid = by_method["flashvid"]
+    assert "keeping 128 tokens vs the oracle's 100" in flashvid and "selection overhead" not in flashvid
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
