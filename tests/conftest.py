@@ -8,7 +8,13 @@ import pytest
 import torch
 
 import stop_hf
-from stop_hf.testing import build_processor, synthetic_frames, tiny_checkpoint
+from stop_hf.testing import (
+    build_processor,
+    kept_logits,
+    masked_reference_logits,
+    synthetic_frames,
+    tiny_checkpoint,
+)
 
 LLAVA_PROMPT = "<|im_start|>user\n<video>what happens in the video ?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -49,3 +55,44 @@ def llava_inputs(llava_processor):
 
 def patched(model, config):
     return stop_hf.patch(model, config)
+
+
+# ------------------------------------------------------------------------------------------------ model helpers
+def logits_of(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def computed(logits):
+    """(B, L) bool: prompt positions with a prediction (pruned positions carry NaN logits)."""
+    return ~torch.isnan(logits[..., 0])
+
+
+def greedy(model, inputs, n=5, **kwargs):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kwargs)
+
+
+def manual_greedy_logits(model, inputs, n=5):
+    """Prefill, then one token at a time through the cache with no mask or positions (Qwen derives the decode
+    positions from its own sequence): (B, n, V) logits."""
+    steps = []
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+        for _ in range(n):
+            steps.append(out.logits[:, -1])
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+    return torch.stack(steps, dim=1)
+
+
+def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
+    """The pruned forward equals the masked reference at every kept position; returns the prune report."""
+    pruned = logits_of(model, inputs)
+    report = stop_hf.last_prune_report(model)
+    ref_logits, keep = masked_reference_logits(reference, inputs, report)
+    rows = kept_logits(ref_logits, keep)
+    assert pruned.shape[:2] == inputs["input_ids"].shape and torch.equal(computed(pruned), keep)
+    for b, expected in enumerate(rows):
+        assert (pruned[b][keep[b]] - expected).abs().max() <= tolerance
+    return report

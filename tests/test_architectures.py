@@ -10,17 +10,17 @@ import warnings
 
 import pytest
 import torch
+from conftest import assert_matches_reference, computed, greedy, logits_of, manual_greedy_logits
 from stop_hf.patches import ARCHITECTURES, architecture
 
 import stop_hf
 from stop_hf import StopUnsupportedError, compat
 from stop_hf.testing import (
     build_processor,
-    kept_logits,
-    masked_reference_logits,
     synthetic_frames,
     tiny_checkpoint,
 )
+from stop_hf.testing.reference import identical
 
 QUESTION = "what happens in the video ?"
 
@@ -77,52 +77,8 @@ def inputs(arch, processor):
     return make_inputs(arch, processor, [(prompt(processor), [frames()])])
 
 
-def logits_of(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def computed(logits):
-    """(B, L) bool: prompt positions with a prediction (pruned positions carry NaN logits)."""
-    return ~torch.isnan(logits[..., 0])
-
-
-def identical(a, b):
-    return torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0)) and torch.equal(
-        computed(a), computed(b)
-    )
-
-
 def hook_counts(model) -> list[tuple[str, int, int]]:
     return [(name, len(m._forward_pre_hooks), len(m._forward_hooks)) for name, m in model.named_modules()]
-
-
-def greedy(model, inputs, n=5, **kwargs):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kwargs)
-
-
-def manual_greedy(model, inputs, n=5):
-    """Prefill, then one token at a time through the cache with no mask or positions: (B, n, V) logits."""
-    steps = []
-    with torch.no_grad():
-        out = model(**inputs, use_cache=True)
-        for _ in range(n):
-            steps.append(out.logits[:, -1])
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
-    return torch.stack(steps, dim=1)
-
-
-def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
-    pruned = logits_of(model, inputs)
-    report = stop_hf.last_prune_report(model)
-    ref_logits, keep = masked_reference_logits(reference, inputs, report)
-    rows = kept_logits(ref_logits, keep)
-    assert pruned.shape[:2] == inputs["input_ids"].shape and torch.equal(computed(pruned), keep)
-    for b, expected in enumerate(rows):
-        assert (pruned[b][keep[b]] - expected).abs().max() <= tolerance
-    return report
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -182,7 +138,7 @@ def test_greedy_generate_equals_manual_loop(model, inputs, retention):
         out = model.generate(
             **inputs, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
         )
-    manual = manual_greedy(model, inputs, n=5)
+    manual = manual_greedy_logits(model, inputs, n=5)
     assert torch.equal(out.sequences[:, inputs["input_ids"].shape[1] :], manual.argmax(-1))
     assert (torch.stack(out.logits, dim=1) - manual).abs().max() <= 1e-5
 

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import clip
+from conftest import clip, computed
 
 import stop_hf
 from stop_hf import StopConfig
@@ -70,10 +70,6 @@ def make_inputs(arch: str, processor, texts: list[str], videos: list[torch.Tenso
             "cap_pixels_per_frame": True,
         }
     return dict(processor(text=texts, videos=videos or None, padding=True, return_tensors="pt", **kwargs))
-
-
-def computed(logits: torch.Tensor) -> torch.Tensor:
-    return ~torch.isnan(logits[..., 0])
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -6,27 +6,12 @@ import copy
 
 import pytest
 import torch
-from conftest import LLAVA_PROMPT, clip
+from conftest import LLAVA_PROMPT, clip, computed, greedy, logits_of
 
 import stop_hf
 from stop_hf import StopUnsupportedError
 from stop_hf.testing import kept_logits, masked_reference_logits, write_video
 from stop_hf.testing.reference import identical
-
-
-def logits_of(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def computed(logits):
-    """(B, L) bool: prompt positions with a prediction (pruned positions carry NaN logits)."""
-    return ~torch.isnan(logits[..., 0])
-
-
-def greedy(model, inputs, n=6, **kwargs):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kwargs)
 
 
 def manual_greedy(model, inputs, n=6):
@@ -50,7 +35,7 @@ def test_unpatch_restores_bit_identical(llava_model, llava_reference, llava_inpu
     assert not stop_hf.is_patched(llava_model) and not hasattr(llava_model.config, "stop_config")
     assert "get_video_features" not in vars(llava_model.model)
     assert torch.equal(logits_of(llava_model, llava_inputs), logits_of(llava_reference, llava_inputs))
-    assert torch.equal(greedy(llava_model, llava_inputs), greedy(llava_reference, llava_inputs))
+    assert torch.equal(greedy(llava_model, llava_inputs, n=6), greedy(llava_reference, llava_inputs, n=6))
 
 
 # ------------------------------------------------------------------------------------------------ masked reference
@@ -142,7 +127,9 @@ def test_beam_search_score_equals_teacher_forced_decode(llava_model, llava_input
 def test_generate_without_cache_equals_cached(llava_model, llava_inputs):
     """use_cache=False re-runs (and re-prunes) the whole sequence at every step."""
     stop_hf.patch(llava_model, {"method": "uniform", "retention": 0.1, "position_mode": "compact"})
-    assert torch.equal(greedy(llava_model, llava_inputs), greedy(llava_model, llava_inputs, use_cache=False))
+    assert torch.equal(
+        greedy(llava_model, llava_inputs, n=6), greedy(llava_model, llava_inputs, n=6, use_cache=False)
+    )
 
 
 def test_batch_with_left_padding_and_different_kept_counts(llava_model, llava_processor):

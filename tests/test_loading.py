@@ -9,10 +9,12 @@ import time
 
 import pytest
 import torch
+from conftest import logits_of
 
 import stop_hf
 from stop_hf import StopConfig, StopConfigError
 from stop_hf.testing import build_processor, synthetic_frames, tiny_checkpoint
+from stop_hf.testing.reference import identical
 
 ARCHS = ("llava_onevision", "qwen2_5_vl")
 LLAVA_PROMPT = "<|im_start|>user\n<video>what happens in the video ?<|im_end|>\n<|im_start|>assistant\n"
@@ -56,20 +58,6 @@ def inputs(arch):
         )
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
     return dict(processor(text=[LLAVA_PROMPT], videos=[clip], return_tensors="pt"))
-
-
-def logits_of(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-identical, NaN (the fill of dropped prompt positions) included."""
-    return (
-        a.shape == b.shape
-        and torch.equal(torch.isnan(a), torch.isnan(b))
-        and torch.equal(a.nan_to_num(), b.nan_to_num())
-    )
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +127,7 @@ def test_stored_config_prunes_like_the_saved_model(arch, stored_checkpoint, inpu
 
     saved = stop_hf.patch(model_class(arch).from_pretrained(tiny_checkpoint(arch)).eval(), STORED)
     loaded = AutoModelForImageTextToText.from_pretrained(stored_checkpoint).eval()
-    assert same(logits_of(loaded, inputs), logits_of(saved, inputs))
+    assert identical(logits_of(loaded, inputs), logits_of(saved, inputs))
 
 
 def test_unpatch_and_resave_keep_config_and_behaviour_consistent(
@@ -249,7 +237,7 @@ def test_failure_while_installing_is_rolled_back(arch, reference, inputs, monkey
         stop_hf.patch(model, BAD_LAYER)
     assert stop_hf.get_stop_config(model) == StopConfig.from_any("visionzip_stop_r10")
     assert model.config.stop_config == StopConfig.from_any("visionzip_stop_r10").to_dict()
-    assert same(logits_of(model, inputs), before)
+    assert identical(logits_of(model, inputs), before)
 
 
 def test_patch_with_none_means_unpruned(arch, reference, inputs):

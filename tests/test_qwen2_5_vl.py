@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import clip
+from conftest import assert_matches_reference, clip, computed, greedy, logits_of, manual_greedy_logits
 
 import stop_hf
 from stop_hf import StopUnsupportedError
@@ -83,16 +83,6 @@ def qwen_inputs(qwen_processor):
     )  # grid (4, 20, 28): non-square 10x14 tokens
 
 
-def logits_of(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def computed(logits):
-    """(B, L) bool: prompt positions with a prediction (pruned positions carry NaN logits)."""
-    return ~torch.isnan(logits[..., 0])
-
-
 def pruner_inputs(model):
     """Spies on the patched model's pruner: returns the list its PruneInputs are appended to."""
     state = model._stop_state
@@ -109,36 +99,6 @@ def pruner_inputs(model):
     return seen
 
 
-def greedy(model, inputs, n=5, **kwargs):
-    with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kwargs)
-
-
-def manual_greedy(model, inputs, n=5):
-    """Prefill, then one token at a time through the cache with no mask or positions: Qwen derives the decode
-    positions from `cache length + rope_deltas`."""
-    steps = []
-    with torch.no_grad():
-        out = model(**inputs, use_cache=True)
-        for _ in range(n):
-            steps.append(out.logits[:, -1])
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
-    return torch.stack(steps, dim=1)
-
-
-def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
-    pruned = logits_of(model, inputs)
-    report = stop_hf.last_prune_report(model)
-    ref_logits, keep = masked_reference_logits(reference, inputs, report)
-    rows = kept_logits(ref_logits, keep)
-    assert pruned.shape[:2] == inputs["input_ids"].shape and torch.equal(computed(pruned), keep)
-    for b, expected in enumerate(rows):
-        assert (pruned[b][keep[b]] - expected).abs().max() <= tolerance
-    return report
-
-
-# ------------------------------------------------------------------------------------------------ identity
 def test_unpatch_restores_bit_identical(qwen_model, qwen_reference, qwen_inputs):
     stop_hf.patch(qwen_model, {"method": "visionzip", "retention": 0.1, "sink": True})
     assert not computed(logits_of(qwen_model, qwen_inputs)).all()
@@ -167,7 +127,7 @@ def test_manual_loops_do_not_share_rope_deltas(qwen_model, qwen_reference, qwen_
     the decode positions of their own pruned prompt."""
     other = make_inputs(qwen_processor, [prompt(VIDEO, question="what is it ?")], [video(4, seed=3)])
     stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.1})
-    expected = [manual_greedy(qwen_model, inputs, n=3) for inputs in (qwen_inputs, other)]
+    expected = [manual_greedy_logits(qwen_model, inputs, n=3) for inputs in (qwen_inputs, other)]
     with torch.no_grad():
         qwen_reference(**qwen_inputs)
         unpatched_deltas = qwen_reference.model.rope_deltas.clone()
