@@ -159,6 +159,14 @@ class Benchmark:
     def _load(self, root: Path) -> list[Sample]:
         raise NotImplementedError
 
+    def _read_list(self, path: Path, what: str = "items") -> list:
+        """Records `path` as an annotation file of this run and reads it: a JSON list, or an error naming it."""
+        self.annotation_files.append(str(path))
+        data = read_json(path)
+        if not isinstance(data, list):
+            raise AnnotationError(f"{path}: expected a list of {what}, got {type(data).__name__}")
+        return data
+
     def _bad(self, path: Path, index: int, entry_id: Any, field_name: str, problem: str) -> None:
         label = f"entry {index}" + (f" ({entry_id})" if entry_id not in (None, "") else "")
         self.invalid.append(f"{path}: {label}: field {field_name!r}: {problem}")
@@ -290,10 +298,7 @@ class MVBench(_MultipleChoice):
         samples = []
         for file in files:
             task = file.stem
-            self.annotation_files.append(str(file))
-            data = read_json(file)
-            if not isinstance(data, list):
-                raise AnnotationError(f"{file}: expected a list of items, got {type(data).__name__}")
+            data = self._read_list(file)
             for i, item in enumerate(data):
                 parsed = _candidates(self, file, i, item, None)
                 if parsed is None:
@@ -536,10 +541,7 @@ class VideoComp(_MultipleChoice):
             path = root / filename
             if not path.is_file():
                 continue
-            self.annotation_files.append(str(path))
-            data = read_json(path)
-            if not isinstance(data, list):
-                raise AnnotationError(f"{path}: expected a list of items, got {type(data).__name__}")
+            data = self._read_list(path)
             source_folder, prefix = self.SOURCE_FOLDERS[subset]
             for i, item in enumerate(data):
                 sample = self._sample(root, path, subset, i, item, source_folder, prefix)
@@ -673,10 +675,7 @@ class MLVU(_MultipleChoice):
             raise FileNotFoundError(f"no MLVU multiple-choice task files in {base / 'json'}")
         samples = []
         for file in files:
-            self.annotation_files.append(str(file))
-            data = read_json(file)
-            if not isinstance(data, list):
-                raise AnnotationError(f"{file}: expected a list of items, got {type(data).__name__}")
+            data = self._read_list(file)
             bare = re.sub(r"^\d+_", "", file.stem)
             folders = [base / "video" / file.stem, base / "video" / bare, base / "video"]
             for i, item in enumerate(data):
@@ -785,10 +784,7 @@ class EventHallusion(Benchmark):
             )
         samples = []
         for split, path in files.items():
-            self.annotation_files.append(str(path))
-            data = read_json(path)
-            if not isinstance(data, list):
-                raise AnnotationError(f"{path}: expected a list of videos, got {type(data).__name__}")
+            data = self._read_list(path, "videos")
             folders = [root / "videos" / f for f in EH_FOLDERS[split]] + [root / f for f in EH_FOLDERS[split]]
             folders += [root / "videos", root]
             for i, entry in enumerate(data):
