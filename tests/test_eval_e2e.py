@@ -183,16 +183,9 @@ def test_compare_refuses_mismatched_and_duplicate_runs(tmp_path, capsys):
     assert "different frames: 8 vs 4" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "flag, value, message",
-    [
-        ("--frames", "0", "--frames 0: must be >= 1"),
-        ("--max-new-tokens", "0", "--max-new-tokens 0: must be >= 1"),
-    ],
-)
-def test_impossible_settings_refused_up_front(tmp_path, capsys, flag, value, message):
-    data = synthetic.make_videomme(tmp_path / "vm")
-    argv = [
+def unloadable_model_argv(data) -> list[str]:
+    """`stop-hf eval` on Video-MME with a model that cannot load: what fails must fail before it is tried."""
+    return [
         "eval",
         "--benchmark",
         "videomme",
@@ -203,6 +196,18 @@ def test_impossible_settings_refused_up_front(tmp_path, capsys, flag, value, mes
         "--config",
         "none",
     ]
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--frames", "0", "--frames 0: must be >= 1"),
+        ("--max-new-tokens", "0", "--max-new-tokens 0: must be >= 1"),
+    ],
+)
+def test_impossible_settings_refused_up_front(tmp_path, capsys, flag, value, message):
+    data = synthetic.make_videomme(tmp_path / "vm")
+    argv = unloadable_model_argv(data)
     assert main(argv + ["--out", str(tmp_path / "r.json"), flag, value]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
@@ -259,17 +264,7 @@ def test_resume_of_another_run_refused_before_the_model_loads(tmp_path, capsys):
     data = synthetic.make_videomme(tmp_path / "vm")
     jsonl = tmp_path / "r.jsonl"
     jsonl.write_text(json.dumps({"run": {"benchmark": "videomme", "data": "/elsewhere"}}) + "\n")
-    argv = [
-        "eval",
-        "--benchmark",
-        "videomme",
-        "--data",
-        str(data),
-        "--model",
-        "tiny-nope",
-        "--config",
-        "none",
-    ]
+    argv = unloadable_model_argv(data)
     assert main(argv + ["--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "holds records of another run" in err and "data='/elsewhere'" in err
