@@ -100,6 +100,10 @@ class ArchAdapter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ testing kit (stop_hf.testing.models)
+    #: tiny models scale the weights whose name contains a key by its factor: random-init attention is otherwise
+    #: nearly uniform, and position bugs would not show in the logits (a QK-norm model scales its norms instead)
+    tiny_sharpen: ClassVar[dict[str, float]] = {"q_proj": 6.0, "k_proj": 6.0, "attn.qkv": 6.0}
+
     def tiny_config(self) -> Any:  # pragma: no cover - abstract
         """A tiny random-model config with this architecture's real token geometry (vocab: the offline tokenizer)."""
         raise NotImplementedError

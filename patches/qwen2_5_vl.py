@@ -79,7 +79,8 @@ class Qwen2_5_VLAdapter(ArchAdapter):
     bench_vision = {"hidden_size": 1280, "intermediate_size": 3420, "num_attention_heads": 16, "layers": 32}
     bench_image_size = 336
     bench_tokens_per_frame = 72
-    #: pixels per LLM token side: patch 14 x merge 2
+    #: vision patch side in pixels; pixels per LLM token side: patch x merge 2
+    patch_size: ClassVar[int] = 14
     token_px = 28
     #: shown in errors
     display_name: ClassVar[str] = "Qwen2.5-VL"
@@ -242,7 +243,10 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         clips, metadata, video_kwargs = [], [], {}
         for element in decoded:
             _, video_inputs, video_kwargs = process_vision_info(
-                [{"role": "user", "content": [element]}], return_video_kwargs=True, return_video_metadata=True
+                [{"role": "user", "content": [element]}],
+                return_video_kwargs=True,
+                return_video_metadata=True,
+                image_patch_size=self.patch_size,
             )
             clips.append(video_inputs[0][0])
             metadata.append(video_inputs[0][1])
@@ -267,7 +271,9 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         from stop_hf.runner import qwen_video_element
 
         element = qwen_video_element(frames, len(frames))
-        _, videos, _ = process_vision_info([{"role": "user", "content": [element]}], return_video_kwargs=True)
+        _, videos, _ = process_vision_info(
+            [{"role": "user", "content": [element]}], return_video_kwargs=True, image_patch_size=self.patch_size
+        )
         height, width = videos[0].shape[-2:]
         return int(height) // self.token_px, int(width) // self.token_px
 
@@ -393,7 +399,8 @@ class Qwen2_5_VLAdapter(ArchAdapter):
     ) -> dict[str, Any]:
         if frames % self.temporal_patch:
             raise ValueError(f"{self.name} needs an even frame count (temporal patch {self.temporal_patch})")
-        grid = image_size // 14
+        patch = self.patch_size
+        grid = image_size // patch
         t = frames // self.temporal_patch
         n_video = t * (grid // 2) ** 2
         config = model.config
@@ -402,7 +409,7 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             + [self.video_token_id(model)] * n_video
             + [config.vision_end_token_id]
         )
-        pixels = torch.randn(t * grid * grid, 3 * 2 * 14 * 14, dtype=dtype, device=device)
+        pixels = torch.randn(t * grid * grid, 3 * 2 * patch * patch, dtype=dtype, device=device)
         return {
             "span": span,
             "n_video": n_video,

@@ -89,11 +89,13 @@ def token_id(token: str) -> int:
     return SPECIAL_TOKENS.index(token)
 
 
-def _scale_qk(module: torch.nn.Module, names: tuple[str, ...]) -> None:
+def _sharpen(module: torch.nn.Module, factors: dict[str, float]) -> None:
     with torch.no_grad():
         for name, param in module.named_parameters():
-            if any(part in name for part in names) and name.endswith("weight"):
-                param.mul_(QK_SCALE)
+            for part, factor in factors.items():
+                if part in name and name.endswith("weight"):
+                    param.mul_(factor)
+                    break
 
 
 def tiny_config(arch: str):
@@ -129,13 +131,14 @@ def __getattr__(name: str):
 
 
 def build_tiny_model(arch: str = "llava_onevision", seed: int = 0):
-    """A random tiny model of `arch` (in memory, eval mode, fp32). q/k projections scaled by QK_SCALE."""
+    """A random tiny model of `arch` (in memory, eval mode, fp32), its attention sharpened by the adapter's
+    `tiny_sharpen` factors (q/k projections x QK_SCALE by default)."""
     from stop_hf import compat
 
     adapter = _adapter(arch)
     torch.manual_seed(seed)
     model = compat.model_class(adapter.model_class)(tiny_config(arch))
-    _scale_qk(model, ("q_proj", "k_proj", "attn.qkv"))
+    _sharpen(model, adapter.tiny_sharpen)
     return model.eval()
 
 
