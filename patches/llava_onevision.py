@@ -278,7 +278,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
         """SigLIP 384/14 geometry (729 patches -> 196 pooled tokens per frame), a 2-layer Qwen2 LLM."""
         from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
-        from stop_hf.testing.models import VOCAB_SIZE, token_id
+        from stop_hf.tiny import VOCAB_SIZE, token_id
 
         vision = SiglipVisionConfig(
             hidden_size=64,
@@ -379,7 +379,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
     def bench_method_kwargs(self, model: Any, folder: str) -> dict[str, dict[str, Any]]:
         """FastVID's MAP head: random weights of the tower's width (its cost is part of the signal time)."""
-        from stop_hf.testing.siglip import save_random_siglip_head
+        from stop_hf.siglip_head import save_random_siglip_head
 
         vision = model.config.vision_config
         save_random_siglip_head(folder, vision.hidden_size, vision.intermediate_size)
