@@ -68,6 +68,21 @@ class ArchAdapter:
     def install_capture(self, model: Any, state: Any) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ prefill (stop_hf.hooks)
+    def check_video_call(self, kwargs: dict[str, Any]) -> None:
+        """Raises `StopUnsupportedError` for a top-level call with video that this architecture cannot prune
+        correctly (checked before anything runs). Default: every call is fine."""
+
+    #: language-model keyword arguments with one entry per prompt token (or per visual token) that
+    #: `prune_lm_kwargs` slices; the masked reference passes them through at full length
+    pruned_lm_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def prune_lm_kwargs(self, kwargs: dict[str, Any], splice: Any) -> dict[str, Any]:
+        """Slices the language model's per-token keyword arguments other than embeddings, mask and positions (which
+        `stop_hf.hooks` handles) to the pruned sequence described by `splice` (a `stop_hf.hooks.Splice`).
+        Default: there are none."""
+        return kwargs
+
     # ------------------------------------------------------------------ inputs (stop_hf.runner.VideoLLM)
     def decode_video(self, video: Any, num_frames: int) -> Any:
         """One video (a file, `VideoClip` or (T, H, W, 3) frame array) decoded once for `processor_inputs`, sampling

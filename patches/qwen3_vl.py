@@ -1,0 +1,219 @@
+"""Qwen3-VL (and its MoE variant): 16x16 patches, 2-frame temporal patches, 2x2 merge units, every vision block
+attending over one temporal patch, deepstack features injected into the first LLM layers.
+
+What differs from Qwen2-VL, whose adapter this extends (see `patches/qwen2_vl.py`, docs/qwen3_vl.md):
+- Layout: each temporal patch is its own group `<t seconds><|vision_start|><|video_pad|> x N<|vision_end|>`, so a
+  video's tokens are NOT contiguous. `stop_hf.hooks` matches a video by content and splices through the sequence
+  positions of its tokens; timestamps and wrappers are text and always stay (also around an emptied temporal patch).
+- Deepstack: the tower's deepstack features reach the language model as `deepstack_visual_embeds` (one row per
+  visual position, row-major over (batch, seq)) with `visual_pos_masks`. Both are sliced with exactly the kept
+  columns of the pruned sequence (`prune_lm_kwargs`): a kept token keeps its own rows; a merged token takes its
+  representative's rows, the same position its embedding is written to.
+- Positions: 3-D mRoPE ids whose temporal id is the group's start position (time is in the timestamp text); they
+  are sliced at the original positions, as for Qwen2.5-VL. The model's `rope_deltas` is never written.
+- Saliency: the last vision block's attention (all blocks attend over the h*w patches of one temporal patch), so
+  `mu_s` is rescaled for P = h*w keys (`attention_patches`), which varies with the processor's per-video budget.
+- The tiny test model sharpens q_norm/k_norm (the LLM normalises q and k per head, so scaling the projections would
+  do nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from stop_hf.hooks import Splice, StopUnsupportedError
+
+from . import register_architecture
+from .qwen2_vl import Qwen2VLAdapter
+
+
+@register_architecture
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    name = "qwen3_vl"
+    model_class = "Qwen3VLForConditionalGeneration"
+    model_types = ("qwen3_vl",)
+    lmms_model = "qwen3_vl_stop"
+    lmms_class = "Qwen3VLStop"
+    default_pretrained = "Qwen/Qwen3-VL-8B-Instruct"
+    display_name: ClassVar[str] = "Qwen3-VL"
+    config_class: ClassVar[str] = "Qwen3VLConfig"
+    processor_class: ClassVar[str] = "Qwen3VLProcessor"
+    patch_size: ClassVar[int] = 16
+    token_px = 32
+    # ViT of Qwen3-VL-8B: 1152 wide, 27 blocks; 384x384 -> 12x12 = 144 tokens per 2 frames
+    bench_vision: ClassVar[dict[str, int]] = {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_attention_heads": 16,
+        "layers": 27,
+    }
+    bench_image_size = 384
+    bench_tokens_per_frame = 72
+    tiny_sharpen: ClassVar[dict[str, float]] = {"q_norm": 2.5, "k_norm": 2.5, "attn.qkv": 6.0}
+    pruned_lm_kwargs: ClassVar[tuple[str, ...]] = ("visual_pos_masks", "deepstack_visual_embeds")
+
+    # ------------------------------------------------------------------ prefill
+    def check_video_call(self, kwargs: dict[str, Any]) -> None:
+        """`generate` without `mm_token_type_ids` silently falls back to 1-D positions (transformers 5.23
+        `Qwen3VLModel._prepare_position_ids_for_generation`); a pruned prefill would inherit them."""
+        if kwargs.get("mm_token_type_ids") is None:
+            raise StopUnsupportedError(
+                f"stop_hf: {self.display_name} video inputs need mm_token_type_ids (the processor returns them); "
+                "without them generate gives the video 1-D positions. Pass the processor's full output."
+            )
+
+    def prune_lm_kwargs(self, kwargs: dict[str, Any], splice: Splice) -> dict[str, Any]:
+        """Slices `visual_pos_masks` (B, L) and every `deepstack_visual_embeds` layer (n_visual, D) to the pruned
+        sequence: the rows of the kept columns, in (batch, pruned seq) order."""
+        visual = kwargs.get("visual_pos_masks")
+        deepstack = kwargs.get("deepstack_visual_embeds")
+        if visual is None:
+            return kwargs
+        visual = visual.bool()
+        row_of = (visual.flatten().cumsum(0) - 1).view_as(visual)  # deepstack row of each visual position
+        kept_visual = splice.gather(visual, False)
+        if deepstack is not None:
+            rows = torch.cat(
+                [row_of[b, src][visual[b, src]] for b, src in enumerate(splice.rows_src)]
+            )
+            kwargs["deepstack_visual_embeds"] = [layer[rows.to(layer.device)] for layer in deepstack]
+        kwargs["visual_pos_masks"] = kept_visual
+        return kwargs
+
+    # ------------------------------------------------------------------ testing kit
+    def tiny_vision_config(self) -> dict[str, Any]:
+        """Real geometry: patch 16, merge 2, temporal patch 2; deepstack after the first two of three blocks."""
+        return {
+            "depth": 3,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 64,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [0, 1],
+        }
+
+    def tiny_text_config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5e5, "mrope_section": [2, 3, 3]},
+        }
+
+    def tiny_config(self) -> Any:
+        import transformers
+
+        from stop_hf.testing.models import VOCAB_SIZE, token_id
+
+        return getattr(transformers, self.config_class)(
+            vision_config=self.tiny_vision_config(),
+            text_config={
+                **self.tiny_text_config(),
+                "vocab_size": VOCAB_SIZE,
+                "eos_token_id": token_id("<|im_end|>"),
+                "pad_token_id": token_id("<pad>"),
+                "bos_token_id": None,
+            },
+            image_token_id=token_id("<|image_pad|>"),
+            video_token_id=token_id("<|video_pad|>"),
+            vision_start_token_id=token_id("<|vision_start|>"),
+            vision_end_token_id=token_id("<|vision_end|>"),
+        )
+
+    def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:
+        import transformers
+        from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
+
+        template = chat_template.replace(
+            "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
+        ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
+        return getattr(transformers, self.processor_class)(
+            image_processor=Qwen2VLImageProcessor(patch_size=16),
+            video_processor=Qwen3VLVideoProcessor(),
+            tokenizer=tokenizer,
+            chat_template=template,
+        )
+
+    # ------------------------------------------------------------------ bench
+    def bench_vision_config(
+        self, vision: dict[str, int], out_hidden: int, vision_layers: int
+    ) -> dict[str, Any]:
+        depth = vision_layers
+        return {
+            "depth": depth,
+            "hidden_size": vision["hidden_size"],
+            "intermediate_size": vision["intermediate_size"],
+            "num_heads": vision["num_attention_heads"],
+            "out_hidden_size": out_hidden,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            # the 8B checkpoint's taps (8, 16, 24 of 27), scaled to a shallower bench tower
+            "deepstack_visual_indexes": sorted({max(0, round(depth * k / 27) - 1) for k in (9, 17, 25)}),
+        }
+
+    def bench_config(
+        self,
+        vision: dict[str, int],
+        llm: Any,
+        vision_layers: int,
+        llm_layers: int,
+        vocab: int,
+        video_token: int,
+    ) -> Any:
+        import transformers
+
+        head_dim = 128
+        return getattr(transformers, self.config_class)(
+            vision_config=self.bench_vision_config(vision, llm.hidden, vision_layers),
+            text_config={
+                "vocab_size": vocab,
+                "hidden_size": llm.hidden,
+                "intermediate_size": llm.mlp,
+                "num_hidden_layers": llm_layers,
+                "num_attention_heads": llm.heads,
+                "num_key_value_heads": llm.kv_heads,
+                "head_dim": head_dim,
+                "max_position_embeddings": 32768,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20]},
+                "bos_token_id": None,
+            },
+            image_token_id=4,
+            video_token_id=video_token,
+            vision_start_token_id=6,
+            vision_end_token_id=7,
+        )
+
+
+@register_architecture
+class Qwen3VLMoeAdapter(Qwen3VLAdapter):
+    """Qwen3-VL-MoE: the same model code with a sparse-MoE MLP (routing is per token with no capacity limit, so
+    dropping tokens does not change other tokens' experts)."""
+
+    name = "qwen3_vl_moe"
+    model_class = "Qwen3VLMoeForConditionalGeneration"
+    model_types = ("qwen3_vl_moe",)
+    lmms_model = "qwen3_vl_moe_stop"
+    lmms_class = "Qwen3VLMoeStop"
+    default_pretrained = "Qwen/Qwen3-VL-30B-A3B-Instruct"
+    display_name: ClassVar[str] = "Qwen3-VL-MoE"
+    config_class: ClassVar[str] = "Qwen3VLMoeConfig"
+
+    def tiny_text_config(self) -> dict[str, Any]:
+        return {
+            **super().tiny_text_config(),
+            "moe_intermediate_size": 64,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "decoder_sparse_step": 1,
+        }
