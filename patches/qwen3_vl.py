@@ -113,7 +113,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     def tiny_config(self) -> Any:
         import transformers
 
-        from stop_hf.testing.models import VOCAB_SIZE, token_id
+        from stop_hf.tiny import VOCAB_SIZE, token_id
 
         return getattr(transformers, self.config_class)(
             vision_config=self.tiny_vision_config(),
