@@ -127,3 +127,29 @@ def test_kit_names_stay_importable_from_the_test_kit():
         assert getattr(kit_video, name) is getattr(video, name)
     assert siglip.save_random_siglip_head is siglip_head.save_random_siglip_head
     assert tuple(stop_hf.patches.ARCHITECTURES) == models.ARCHITECTURES
+
+
+def test_the_tiny_model_runs_without_loading_the_test_kit(tmp_path):
+    """At run time too: the demo's pieces (every CLI and eval module, the tiny model and processor, a generated
+    video, one answer) leave stop_hf.testing unloaded."""
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib, pkgutil, sys
+import stop_hf, stop_hf.cli, stop_hf.eval
+for package in (stop_hf, stop_hf.cli, stop_hf.eval):
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name != "stop_hf.testing" and not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+from stop_hf.runner import VideoLLM
+from stop_hf.tiny import build_processor, build_tiny_model
+from stop_hf.video import write_video
+path = write_video({str(tmp_path / "clip.mp4")!r}, num_frames=2, height=64, width=64)
+llm = VideoLLM(build_tiny_model("llava_onevision"), build_processor("llava_onevision"), num_frames=2)
+llm.answer(path, "what happens ?", max_new_tokens=1)
+print(sorted(name for name in sys.modules if name.startswith("stop_hf.testing")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
