@@ -38,6 +38,8 @@ class ArchAdapter:
     bench_vision: ClassVar[dict[str, int]] = {}
     bench_image_size: ClassVar[int] = 0
     bench_tokens_per_frame: ClassVar[float] = 0.0
+    #: the checkpoint's LLM shape for the bench (`stop_hf.bench.LLMShape` fields); empty: Qwen2-7B
+    bench_llm: ClassVar[dict[str, int]] = {}
 
     def default_position_mode(self, method: str) -> str:
         return self.position_policy.get(method, self.default_position)

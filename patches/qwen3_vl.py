@@ -51,6 +51,15 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     }
     bench_image_size = 384
     bench_tokens_per_frame = 72
+    # LLM of Qwen3-VL-8B (Qwen3-8B): hidden 4096, 32 heads of 128, 8 KV heads, MLP 12288, 36 layers
+    bench_llm: ClassVar[dict[str, int]] = {
+        "hidden": 4096,
+        "heads": 32,
+        "kv_heads": 8,
+        "mlp": 12288,
+        "layers": 36,
+        "vocab": 151936,
+    }
     tiny_sharpen: ClassVar[dict[str, float]] = {"q_norm": 2.5, "k_norm": 2.5, "attn.qkv": 6.0}
     pruned_lm_kwargs: ClassVar[tuple[str, ...]] = ("visual_pos_masks", "deepstack_visual_embeds")
 
@@ -145,6 +154,30 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         )
 
     # ------------------------------------------------------------------ bench
+    def bench_inputs(
+        self, model: Any, frames: int, image_size: int, device: str, dtype: Any
+    ) -> dict[str, Any]:
+        """One timestamped group per temporal patch (`<t s><|vision_start|> video x N <|vision_end|>`, the timestamp
+        standing in as 3 text tokens), with the `mm_token_type_ids` the processor would return."""
+        if frames % self.temporal_patch:
+            raise ValueError(f"{self.name} needs an even frame count (temporal patch {self.temporal_patch})")
+        grid = image_size // self.patch_size
+        t, per_patch = frames // self.temporal_patch, (grid // 2) ** 2
+        config = model.config
+        group = [10, 11, 12, config.vision_start_token_id] + [self.video_token_id(model)] * per_patch
+        group.append(config.vision_end_token_id)
+        span = group * t
+        pixels = torch.randn(t * grid * grid, 3 * 2 * self.patch_size**2, dtype=dtype, device=device)
+        return {
+            "span": span,
+            "n_video": t * per_patch,
+            "pixels": {
+                "pixel_values_videos": pixels,
+                "video_grid_thw": torch.tensor([[t, grid, grid]], device=device),
+            },
+            "token_types": [2 if token == self.video_token_id(model) else 0 for token in span],
+        }
+
     def bench_vision_config(
         self, vision: dict[str, int], out_hidden: int, vision_layers: int
     ) -> dict[str, Any]:
@@ -208,6 +241,12 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     default_pretrained = "Qwen/Qwen3-VL-30B-A3B-Instruct"
     display_name: ClassVar[str] = "Qwen3-VL-MoE"
     config_class: ClassVar[str] = "Qwen3VLMoeConfig"
+
+    def bench_config(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError(
+            "stop-hf bench models the FLOPs of a dense LLM; arch='qwen3_vl_moe' is not benchmarked (its pruning is "
+            "the dense model's: use --arch qwen3_vl)"
+        )
 
     def tiny_text_config(self) -> dict[str, Any]:
         return {

@@ -45,7 +45,8 @@ class ArchShape:
     tokens_per_frame: float  # LLM video tokens per input frame
 
 
-#: Qwen2-7B LLM (every registered 7B model): hidden 3584, 28 heads, 4 KV heads, MLP 18944, 28 layers.
+#: Qwen2-7B LLM (the default of a registered model without `bench_llm`): hidden 3584, 28 heads, 4 KV heads, MLP
+#: 18944, 28 layers.
 QWEN2_7B = LLMShape()
 
 
@@ -54,7 +55,13 @@ def _shapes() -> dict[str, ArchShape]:
     from stop_hf.patches import ARCHITECTURES
 
     return {
-        name: ArchShape(name, QWEN2_7B, dict(a.bench_vision), a.bench_image_size, a.bench_tokens_per_frame)
+        name: ArchShape(
+            name,
+            LLMShape(**a.bench_llm) if a.bench_llm else QWEN2_7B,
+            dict(a.bench_vision),
+            a.bench_image_size,
+            a.bench_tokens_per_frame,
+        )
         for name, a in ARCHITECTURES.items()
     }
 
@@ -115,12 +122,16 @@ def build_inputs(model, frames: int, image_size: int, device: str, dtype: torch.
     video = adapter_for(model).bench_inputs(model, frames, image_size, device, dtype)
     prefix, suffix = [2, 10, 11], [3, 12, 13, 14]
     input_ids = torch.tensor([prefix + video["span"] + suffix], device=device)
-    return {
+    inputs = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "n_video": video["n_video"],
         **video["pixels"],
     }
+    if "token_types" in video:  # the processor's mm_token_type_ids (0 text, 1 image, 2 video)
+        types = [0] * len(prefix) + video["token_types"] + [0] * len(suffix)
+        inputs["mm_token_type_ids"] = torch.tensor([types], device=device)
+    return inputs
 
 
 # ---------------------------------------------------------------------------------------------------- measuring

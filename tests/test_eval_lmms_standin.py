@@ -74,6 +74,8 @@ def test_manifests_name_every_wrapper(plugin):
         "llava_onevision_stop": "stop_hf.eval.lmms.LlavaOneVisionStop",
         "qwen2_5_vl_stop": "stop_hf.eval.lmms.Qwen2_5_VLStop",
         "qwen2_vl_stop": "stop_hf.eval.lmms.Qwen2VLStop",
+        "qwen3_vl_stop": "stop_hf.eval.lmms.Qwen3VLStop",
+        "qwen3_vl_moe_stop": "stop_hf.eval.lmms.Qwen3VLMoeStop",
     }
 
 
