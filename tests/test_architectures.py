@@ -253,3 +253,57 @@ def test_saliency_layer_out_of_range_is_named(model):
     with pytest.raises(ValueError, match="saliency_layer=99 is out of range"):
         stop_hf.patch(model, {"method": "visionzip", "retention": 0.25, "saliency_layer": 99})
     assert not stop_hf.is_patched(model)
+
+
+# ------------------------------------------------------------------------------------------------ state hygiene
+def _reachable_tensors(roots) -> list[torch.Tensor]:
+    """Every tensor reachable from `roots` through object references, parameters and buffers excepted. Modules'
+    globals and classes are not followed (they hold no per-call state)."""
+    import gc
+    import types
+
+    skip = set()
+    for root in roots:
+        if isinstance(root, torch.nn.Module):
+            skip |= {id(p) for p in root.parameters()} | {id(b) for b in root.buffers()}
+    seen, stack, found = set(), list(roots), []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in skip:
+                found.append(obj)
+            continue
+        if isinstance(obj, types.FunctionType):
+            stack.extend([obj.__closure__, obj.__defaults__, obj.__kwdefaults__, obj.__dict__])
+            continue
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+def test_after_generate_no_unpruned_video_tensor_stays_referenced(arch, model, inputs):
+    """After generate returns, nothing reachable from the model (its hooks, wrappers and state, and this thread's
+    per-call values) has the size of the unpruned video: features, signals and masks are all released; the report
+    keeps CPU copies only."""
+    stop_hf.patch(model, {"method": "holitom", "retention": 0.25, "sink": True})
+    state = model._stop_state
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    del out
+    (entry,) = stop_hf.last_prune_report(model)
+    unpruned = entry["tokens_before"]
+    per_call = [state.encoded.get(), state.capture.get(), state.call.get(), state.report.get()]
+    tensors = _reachable_tensors([model, *per_call])
+    assert tensors, "the walk found nothing: it does not reach the model's state"
+    width = model.config.get_text_config().hidden_size
+    # the report's CPU index maps (kept positions, assignments) may be video-long; nothing else may
+    held = [
+        (tuple(t.shape), t.dtype, t.device.type)
+        for t in tensors
+        if (unpruned in t.shape and (t.is_floating_point() or t.device.type != "cpu"))
+        or t.numel() >= unpruned * width
+    ]
+    assert not held, f"tensors of the unpruned video's size stay referenced: {held}"
+    assert all(t.device.type == "cpu" for r in state.report.get() for t in (r["index"], r["result"].embeds))
