@@ -22,7 +22,8 @@ import functools
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,21 @@ DROPPED_FILL = float("nan")
 
 #: Name of the attribute on a KV cache that holds `{StopState.key: SequenceState}`.
 CACHE_ATTRIBUTE = "_stop_hf_sequences"
+
+#: Whether prune reports made in this context keep the pruned embeddings (see `report_embeddings`).
+_REPORT_EMBEDDINGS: ContextVar[bool] = ContextVar("stop_hf_report_embeddings", default=False)
+
+
+@contextmanager
+def report_embeddings(enabled: bool = True) -> Iterator[None]:
+    """Inside this block (this thread or asyncio task only), each prune report entry also keeps `result`: the
+    pruner's `PruneResult` with its output embeddings, a CPU copy. Outside it, reports hold CPU copies of indices
+    and scores only, so a server keeps no embeddings between requests. The masked-reference oracle needs them."""
+    token = _REPORT_EMBEDDINGS.set(enabled)
+    try:
+        yield
+    finally:
+        _REPORT_EMBEDDINGS.reset(token)
 
 
 class StopUnsupportedError(RuntimeError):
@@ -455,8 +471,11 @@ def prune_prefill(
     kwargs = state.adapter.prune_lm_kwargs(kwargs, splice)
     sequence = _sequence_state(positions, new_positions, real, new_mask)
     prefill_map = _prefill_map(rows_src, length, splice.length)
-    for entry in report:  # the PruneResult's tensors were only needed for splicing: keep CPU copies
-        entry["result"] = _to_cpu(entry["result"])
+    keep_embeddings = _REPORT_EMBEDDINGS.get()
+    for entry in report:  # the PruneResult was only needed for splicing: a CPU copy only when asked for
+        result = entry.pop("result")
+        if keep_embeddings:
+            entry["result"] = _to_cpu(result)
     return kwargs, prefill_map, sequence, report
 
 

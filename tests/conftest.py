@@ -16,6 +16,13 @@ from stop_hf.testing import (
     tiny_checkpoint,
 )
 
+@pytest.fixture(autouse=True)
+def _report_embeddings():
+    """Tests compare against the masked reference, which needs the pruned embeddings in the report."""
+    with stop_hf.report_embeddings():
+        yield
+
+
 LLAVA_PROMPT = "<|im_start|>user\n<video>what happens in the video ?<|im_end|>\n<|im_start|>assistant\n"
 
 

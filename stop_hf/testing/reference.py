@@ -28,6 +28,14 @@ def _grid_positions(entry: dict[str, Any]) -> list[torch.Tensor]:
     return [torch.arange(start, start + grid_tokens) for _, start in entry["placements"]]
 
 
+def _require_embeddings(report: list[dict[str, Any]]) -> None:
+    if any("result" not in entry for entry in report):
+        raise ValueError(
+            "the masked reference needs the pruned embeddings: run the pruned call inside "
+            "`with stop_hf.report_embeddings():`"
+        )
+
+
 def capture_lm_inputs(model: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Runs the model once and returns what its inner language model received (embeds, mask, positions, and the
     architecture's other per-token arguments)."""
@@ -72,6 +80,7 @@ def masked_reference_output(
     if positions is None:
         positions = torch.arange(length)[None].expand(batch, length)
     keep = torch.ones(batch, length, dtype=torch.bool)
+    _require_embeddings(report)
     for entry in report:
         result = entry["result"]
         for (row, _), grid in zip(entry["placements"], _grid_positions(entry), strict=True):
@@ -126,6 +135,7 @@ def spliced_reference_logits(
     """Logits (1, L', V) of the UNPATCHED language model fed the pruned sequence built by hand from `report`:
     each video's output tokens in the method's reference order, sequential positions (position_mode='compact').
     Batch size 1."""
+    _require_embeddings(report)
     lm_inputs = capture_lm_inputs(unpatched_model, inputs)
     embeds = lm_inputs["inputs_embeds"][0]
     placements = sorted(
