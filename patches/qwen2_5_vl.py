@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from stop_hf import compat
-from stop_hf.hooks import StopState, VideoRecord
+from stop_hf.hooks import StopState, StopUnsupportedError, VideoRecord
 from stop_hf.siglip_head import refuse_map_head
 from stop_hf.signals import head_mean_keys, segment_attention_received, signal_dtype, unpermute_merge_units
 
@@ -418,6 +418,16 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             vision_end_token_id=7,
         )
 
+    def check_video_call(self, kwargs: dict[str, Any]) -> None:
+        """Without `mm_token_type_ids`, transformers 5.23's `generate` silently gives the video 1-D positions
+        (`_prepare_position_ids_for_generation` falls back; logits off by 0.11 on the tiny model) and Qwen2.5-VL's
+        plain forward does too; a pruned prefill would inherit them. Refused instead."""
+        if kwargs.get("mm_token_type_ids") is None:
+            raise StopUnsupportedError(
+                f"stop_hf: {self.display_name} video inputs need mm_token_type_ids (the processor returns them); "
+                "without them transformers gives the video 1-D positions. Pass the processor's full output."
+            )
+
     def bench_inputs(
         self, model: Any, frames: int, image_size: int, device: str, dtype: Any
     ) -> dict[str, Any]:
@@ -441,4 +451,5 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                 "pixel_values_videos": pixels,
                 "video_grid_thw": torch.tensor([[t, grid, grid]], device=device),
             },
+            "token_types": [2 if token == self.video_token_id(model) else 0 for token in span],
         }

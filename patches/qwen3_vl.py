@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from stop_hf.hooks import Splice, StopUnsupportedError
+from stop_hf.hooks import Splice
 
 from . import register_architecture
 from .qwen2_vl import Qwen2VLAdapter
@@ -64,15 +64,6 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     pruned_lm_kwargs: ClassVar[tuple[str, ...]] = ("visual_pos_masks", "deepstack_visual_embeds")
 
     # ------------------------------------------------------------------ prefill
-    def check_video_call(self, kwargs: dict[str, Any]) -> None:
-        """`generate` without `mm_token_type_ids` silently falls back to 1-D positions (transformers 5.23
-        `Qwen3VLModel._prepare_position_ids_for_generation`); a pruned prefill would inherit them."""
-        if kwargs.get("mm_token_type_ids") is None:
-            raise StopUnsupportedError(
-                f"stop_hf: {self.display_name} video inputs need mm_token_type_ids (the processor returns them); "
-                "without them generate gives the video 1-D positions. Pass the processor's full output."
-            )
-
     def prune_lm_kwargs(self, kwargs: dict[str, Any], splice: Splice) -> dict[str, Any]:
         """Slices `visual_pos_masks` (B, L) and every `deepstack_visual_embeds` layer (n_visual, D) to the pruned
         sequence: the rows of the kept columns, in (batch, pruned seq) order."""
@@ -84,9 +75,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         row_of = (visual.flatten().cumsum(0) - 1).view_as(visual)  # deepstack row of each visual position
         kept_visual = splice.gather(visual, False)
         if deepstack is not None:
-            rows = torch.cat(
-                [row_of[b, src][visual[b, src]] for b, src in enumerate(splice.rows_src)]
-            )
+            rows = torch.cat([row_of[b, src][visual[b, src]] for b, src in enumerate(splice.rows_src)])
             kwargs["deepstack_visual_embeds"] = [layer[rows.to(layer.device)] for layer in deepstack]
         kwargs["visual_pos_masks"] = kept_visual
         return kwargs
@@ -206,7 +195,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     ) -> Any:
         import transformers
 
-        head_dim = 128
+        head_dim = llm.hidden // llm.heads  # 8B: 128, sections 24/20/20
+        spatial = head_dim * 5 // 32
         return getattr(transformers, self.config_class)(
             vision_config=self.bench_vision_config(vision, llm.hidden, vision_layers),
             text_config={
@@ -218,7 +208,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                 "num_key_value_heads": llm.kv_heads,
                 "head_dim": head_dim,
                 "max_position_embeddings": 32768,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20]},
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 5e6,
+                    "mrope_section": [head_dim // 2 - 2 * spatial, spatial, spatial],
+                },
                 "bos_token_id": None,
             },
             image_token_id=4,

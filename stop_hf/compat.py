@@ -251,7 +251,9 @@ def _pruned_lm_kwargs() -> None:
     for adapter in _registered():
         for model_type in adapter.model_types if adapter.pruned_lm_kwargs else ():
             module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-            text_models = [v for k, v in vars(module).items() if k.endswith("TextModel") and isinstance(v, type)]
+            text_models = [
+                v for k, v in vars(module).items() if k.endswith("TextModel") and isinstance(v, type)
+            ]
             if not text_models:
                 raise ValueError(f"modeling_{model_type} has no *TextModel")
             for cls in text_models:

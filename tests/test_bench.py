@@ -39,7 +39,7 @@ def test_exact_counts_gqa_and_swiglu():
     assert exact_prefill_flops(3137, LLMShape()) > fastv_flops(3137, LLMShape())
 
 
-@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_exact_flops_match_flop_counter(arch):
     from stop_hf.patches import adapter_for
     from torch.utils.flop_counter import FlopCounterMode

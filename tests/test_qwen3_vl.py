@@ -40,7 +40,9 @@ def processor():
 
 
 def prompt(processor, videos: int = 1, question: str = "what happens ?", image: bool = False) -> str:
-    content = [{"type": "image"}] * image + [{"type": "video"}] * videos + [{"type": "text", "text": question}]
+    content = (
+        [{"type": "image"}] * image + [{"type": "video"}] * videos + [{"type": "text", "text": question}]
+    )
     return processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
@@ -122,7 +124,9 @@ def test_timestamped_groups_are_matched_by_content(model, reference, inputs):
     t, h, w = inputs["video_grid_thw"][0].tolist()
     runs = video_runs(inputs, reference.config.video_token_id)
     assert len(runs) == t and all(n == (h // 2) * (w // 2) for _, n in runs)
-    assert all(b - (a + n) >= 3 for (a, n), (b, _) in zip(runs, runs[1:]))  # timestamp + wrapper tokens between
+    assert all(
+        b - (a + n) >= 3 for (a, n), (b, _) in zip(runs, runs[1:])
+    )  # timestamp + wrapper tokens between
     stop_hf.patch(model, {"method": "uniform", "retention": 0.25})
     (entry,) = assert_matches_reference(model, reference, inputs)
     expected = torch.cat([torch.arange(a, a + n) for a, n in runs])
@@ -214,7 +218,9 @@ def test_positions_are_the_original_3d_ids_and_rope_deltas_is_not_written(model,
     (call,) = lm_calls(model, inputs)
     (entry,) = stop_hf.last_prune_report(model)
     keep = computed(logits_of(model, inputs))[0]
-    assert full["position_ids"].shape[0] == 3 and torch.equal(call["position_ids"], full["position_ids"][:, :, keep])
+    assert full["position_ids"].shape[0] == 3 and torch.equal(
+        call["position_ids"], full["position_ids"][:, :, keep]
+    )
     assert torch.equal(model.model.rope_deltas, deltas)  # what transformers computed for the full prompt
 
 
@@ -234,7 +240,10 @@ def test_generate_passes_4_row_positions_sliced(model, reference, inputs):
 def test_recomputed_attention_matches_eager(model, reference, inputs, block):
     """The hook's attention equals an eager replay of the chosen block over each temporal patch (h*w keys), averaged
     per merge unit in raster order; keys likewise; attention_patches = h*w (the mu_s rule)."""
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision, eager_attention_forward
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+        apply_rotary_pos_emb_vision,
+        eager_attention_forward,
+    )
 
     visual = reference.model.visual
     index = len(visual.blocks) - 1 if block is None else block
@@ -268,9 +277,13 @@ def test_recomputed_attention_matches_eager(model, reference, inputs, block):
         q, k, v = (x.transpose(0, 1)[None] for x in (q, k, v))
         received = []
         for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-            _, weights = eager_attention_forward(attn, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, attn.scaling)
+            _, weights = eager_attention_forward(
+                attn, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, attn.scaling
+            )
             received.append(weights[0].mean(dim=(0, 1)))
-    assert torch.equal(visual.merger(encoded.last_hidden_state), encoded.pooler_output[0])  # raster merge units
+    assert torch.equal(
+        visual.merger(encoded.last_hidden_state), encoded.pooler_output[0]
+    )  # raster merge units
     expected = torch.cat(received).reshape(-1, 4).mean(1).reshape(t, tokens)
     assert (record.attention - expected).abs().max() <= 1e-5
     expected_keys = raw_keys.mean(dim=1).reshape(-1, 4, raw_keys.shape[-1]).mean(1).reshape(t, tokens, -1)
@@ -375,12 +388,22 @@ def test_threads_share_one_patched_model(model, processor):
 
 
 # ------------------------------------------------------------------------------------------------ guards
-def test_generate_without_mm_token_type_ids_is_refused(model, inputs):
-    """transformers' generate would silently give the video 1-D positions without them."""
-    stop_hf.patch(model, "uniform_r25")
-    bare = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
-    with pytest.raises(StopUnsupportedError, match="mm_token_type_ids"):
-        greedy(model, bare, n=2)
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_video_without_mm_token_type_ids_is_refused(arch):
+    """transformers' generate (and Qwen2.5-VL's forward) would silently give the video 1-D positions."""
+    from stop_hf import compat
+
+    adapter = architecture(arch)
+    patched = compat.model_class(adapter.model_class).from_pretrained(tiny_checkpoint(arch)).eval()
+    processor = build_processor(arch)
+    element = adapter.decode_video(synthetic_frames(4, 112, 168, seed=0), 4)
+    full = dict(adapter.processor_inputs(processor, [prompt(processor)], [element], return_tensors="pt"))
+    bare = {k: v for k, v in full.items() if k != "mm_token_type_ids"}
+    stop_hf.patch(patched, "uniform_r25")
+    for run in (lambda: greedy(patched, bare, n=2), lambda: logits_of(patched, bare)):
+        with pytest.raises(StopUnsupportedError, match="mm_token_type_ids"):
+            run()
+    assert greedy(patched, full, n=2).shape[1] == full["input_ids"].shape[1] + 2
 
 
 def test_compact_positions_are_refused(model, inputs):
@@ -408,6 +431,8 @@ def test_videollm_reads_the_file_fps_into_the_timestamps(tmp_path):
 def test_demo_runs_on_tiny_qwen3_vl(capsys):
     from stop_hf.cli import main
 
-    assert main(["demo", "--arch", "qwen3_vl", "--max-new-tokens", "2", "--config", "visionzip_stop_r10"]) == 0
+    assert (
+        main(["demo", "--arch", "qwen3_vl", "--max-new-tokens", "2", "--config", "visionzip_stop_r10"]) == 0
+    )
     out = capsys.readouterr().out
     assert "visionzip_stop_r10" in out and "unpruned" in out
