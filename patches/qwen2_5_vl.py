@@ -321,6 +321,17 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             "tokens_per_second": 2,
         }
 
+    def tiny_text_config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        }
+
     def tiny_config(self) -> Any:
         import transformers
 
@@ -329,14 +340,8 @@ class Qwen2_5_VLAdapter(ArchAdapter):
         return getattr(transformers, self.config_class)(
             vision_config=self.tiny_vision_config(),
             text_config={
+                **self.tiny_text_config(),
                 "vocab_size": VOCAB_SIZE,
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "max_position_embeddings": 32768,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
                 "eos_token_id": token_id("<|im_end|>"),
                 "pad_token_id": token_id("<pad>"),
                 "bos_token_id": None,
@@ -347,16 +352,18 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             vision_end_token_id=token_id("<|vision_end|>"),
         )
 
+    #: the video processor class of this architecture's HF processor
+    video_processor_class: ClassVar[str] = "Qwen2VLVideoProcessor"
+
     def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:
         import transformers
-        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
         template = chat_template.replace(
             "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
         ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
         return getattr(transformers, self.processor_class)(
-            image_processor=Qwen2VLImageProcessor(),
-            video_processor=Qwen2VLVideoProcessor(),
+            image_processor=transformers.Qwen2VLImageProcessor(patch_size=self.patch_size),
+            video_processor=getattr(transformers, self.video_processor_class)(),
             tokenizer=tokenizer,
             chat_template=template,
         )
@@ -379,6 +386,23 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             "tokens_per_second": 2,
         }
 
+    def bench_text_config(self, llm: Any) -> dict[str, Any]:
+        """The LLM part of the bench config (widths from the bench `LLMShape`; depth and vocab are set by the
+        caller)."""
+        hd = llm.hidden // llm.heads
+        return {
+            "hidden_size": llm.hidden,
+            "intermediate_size": llm.mlp,
+            "num_attention_heads": llm.heads,
+            "num_key_value_heads": llm.kv_heads,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [hd // 2 - 2 * (hd * 3 // 16), hd * 3 // 16, hd * 3 // 16],  # 7B: 16,24,24
+            },
+        }
+
     def bench_config(
         self,
         vision: dict[str, int],
@@ -390,26 +414,12 @@ class Qwen2_5_VLAdapter(ArchAdapter):
     ) -> Any:
         import transformers
 
-        hd = llm.hidden // llm.heads
         return getattr(transformers, self.config_class)(
             vision_config=self.bench_vision_config(vision, llm.hidden, vision_layers),
             text_config={
+                **self.bench_text_config(llm),
                 "vocab_size": vocab,
-                "hidden_size": llm.hidden,
-                "intermediate_size": llm.mlp,
                 "num_hidden_layers": llm_layers,
-                "num_attention_heads": llm.heads,
-                "num_key_value_heads": llm.kv_heads,
-                "max_position_embeddings": 32768,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 1e6,
-                    "mrope_section": [
-                        hd // 2 - 2 * (hd * 3 // 16),
-                        hd * 3 // 16,
-                        hd * 3 // 16,
-                    ],  # 7B: 16,24,24
-                },
                 "bos_token_id": None,
             },
             image_token_id=4,

@@ -40,6 +40,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     display_name: ClassVar[str] = "Qwen3-VL"
     config_class: ClassVar[str] = "Qwen3VLConfig"
     processor_class: ClassVar[str] = "Qwen3VLProcessor"
+    video_processor_class: ClassVar[str] = "Qwen3VLVideoProcessor"
     patch_size: ClassVar[int] = 16
     token_px = 32
     # ViT of Qwen3-VL-8B: 1152 wide, 27 blocks; 384x384 -> 12x12 = 144 tokens per 2 frames
@@ -97,6 +98,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         }
 
     def tiny_text_config(self) -> dict[str, Any]:
+        """3 layers (deepstack reaches the inputs of layers 1 and 2), explicit head_dim, q/k norms."""
         return {
             "hidden_size": 64,
             "intermediate_size": 128,
@@ -107,40 +109,6 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             "max_position_embeddings": 32768,
             "rope_parameters": {"rope_type": "default", "rope_theta": 5e5, "mrope_section": [2, 3, 3]},
         }
-
-    def tiny_config(self) -> Any:
-        import transformers
-
-        from stop_hf.tiny import VOCAB_SIZE, token_id
-
-        return getattr(transformers, self.config_class)(
-            vision_config=self.tiny_vision_config(),
-            text_config={
-                **self.tiny_text_config(),
-                "vocab_size": VOCAB_SIZE,
-                "eos_token_id": token_id("<|im_end|>"),
-                "pad_token_id": token_id("<pad>"),
-                "bos_token_id": None,
-            },
-            image_token_id=token_id("<|image_pad|>"),
-            video_token_id=token_id("<|video_pad|>"),
-            vision_start_token_id=token_id("<|vision_start|>"),
-            vision_end_token_id=token_id("<|vision_end|>"),
-        )
-
-    def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:
-        import transformers
-        from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
-
-        template = chat_template.replace(
-            "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
-        ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
-        return getattr(transformers, self.processor_class)(
-            image_processor=Qwen2VLImageProcessor(patch_size=16),
-            video_processor=Qwen3VLVideoProcessor(),
-            tokenizer=tokenizer,
-            chat_template=template,
-        )
 
     # ------------------------------------------------------------------ bench
     def bench_inputs(
@@ -184,42 +152,18 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             "deepstack_visual_indexes": sorted({max(0, round(depth * k / 27) - 1) for k in (9, 17, 25)}),
         }
 
-    def bench_config(
-        self,
-        vision: dict[str, int],
-        llm: Any,
-        vision_layers: int,
-        llm_layers: int,
-        vocab: int,
-        video_token: int,
-    ) -> Any:
-        import transformers
-
+    def bench_text_config(self, llm: Any) -> dict[str, Any]:
         head_dim = llm.hidden // llm.heads  # 8B: 128, sections 24/20/20
         spatial = head_dim * 5 // 32
-        return getattr(transformers, self.config_class)(
-            vision_config=self.bench_vision_config(vision, llm.hidden, vision_layers),
-            text_config={
-                "vocab_size": vocab,
-                "hidden_size": llm.hidden,
-                "intermediate_size": llm.mlp,
-                "num_hidden_layers": llm_layers,
-                "num_attention_heads": llm.heads,
-                "num_key_value_heads": llm.kv_heads,
-                "head_dim": head_dim,
-                "max_position_embeddings": 32768,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 5e6,
-                    "mrope_section": [head_dim // 2 - 2 * spatial, spatial, spatial],
-                },
-                "bos_token_id": None,
+        return {
+            **super().bench_text_config(llm),
+            "head_dim": head_dim,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [head_dim // 2 - 2 * spatial, spatial, spatial],
             },
-            image_token_id=4,
-            video_token_id=video_token,
-            vision_start_token_id=6,
-            vision_end_token_id=7,
-        )
+        }
 
 
 @register_architecture
