@@ -16,6 +16,7 @@ from stop_hf.testing import (
     tiny_checkpoint,
 )
 
+
 @pytest.fixture(autouse=True)
 def _report_embeddings():
     """Tests compare against the masked reference, which needs the pruned embeddings in the report."""
@@ -103,3 +104,21 @@ def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
     for b, expected in enumerate(rows):
         assert (pruned[b][keep[b]] - expected).abs().max() <= tolerance
     return report
+
+
+def prune_inputs(model, inputs):
+    """The PruneInputs the patched model hands its pruner for `inputs` (one forward)."""
+    state = model._stop_state
+    seen, pruner = [], state.pruner
+
+    class Spy:
+        needs = pruner.needs
+
+        def __call__(self, x):
+            seen.append(x)
+            return pruner(x)
+
+    state.pruner = Spy()
+    with torch.no_grad():
+        model(**inputs)
+    return seen

@@ -407,4 +407,7 @@ def test_after_generate_no_unpruned_video_tensor_stays_referenced(arch, model, i
     with torch.no_grad(), stop_hf.report_embeddings():
         model(**inputs)
     (entry,) = stop_hf.last_prune_report(model)
-    assert entry["result"].embeds.device.type == "cpu" and entry["result"].embeds.shape[0] == entry["index"].numel()
+    assert (
+        entry["result"].embeds.device.type == "cpu"
+        and entry["result"].embeds.shape[0] == entry["index"].numel()
+    )

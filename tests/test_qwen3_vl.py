@@ -70,24 +70,6 @@ def video_runs(inputs, video_token_id):
     return [(int(run[0]), run.numel()) for run in torch.tensor_split(positions, breaks.tolist())]
 
 
-def prune_inputs(model, inputs):
-    """The PruneInputs the patched model hands its pruner for `inputs`."""
-    state = model._stop_state
-    seen, pruner = [], state.pruner
-
-    class Spy:
-        needs = pruner.needs
-
-        def __call__(self, x):
-            seen.append(x)
-            return pruner(x)
-
-    state.pruner = Spy()
-    with torch.no_grad():
-        model(**inputs)
-    return seen
-
-
 def lm_calls(model, inputs, **kwargs):
     """The keyword arguments the inner language model receives in each call (`generate` when kwargs given)."""
     calls = []
@@ -233,79 +215,6 @@ def test_generate_passes_4_row_positions_sliced(model, reference, inputs):
     assert torch.equal(calls[0]["position_ids"], full[0]["position_ids"][:, :, keep])
     assert calls[1]["deepstack_visual_embeds"] is None and calls[1]["visual_pos_masks"] is None
     assert torch.equal(calls[1]["position_ids"], full[1]["position_ids"])  # decode: original coordinates
-
-
-# ------------------------------------------------------------------------------------------------ signals
-@pytest.mark.parametrize("block", [None, 0])
-def test_recomputed_attention_matches_eager(model, reference, inputs, block):
-    """The hook's attention equals an eager replay of the chosen block over each temporal patch (h*w keys), averaged
-    per merge unit in raster order; keys likewise; attention_patches = h*w (the mu_s rule)."""
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import (
-        apply_rotary_pos_emb_vision,
-        eager_attention_forward,
-    )
-
-    visual = reference.model.visual
-    index = len(visual.blocks) - 1 if block is None else block
-    seen = {}
-
-    def grab(module, args, kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-
-    attn = visual.blocks[index].attn
-    handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            encoded = reference.model.get_video_features(
-                inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
-            )
-    finally:
-        handle.remove()
-    stop_hf.patch(model, {"method": "visionzip", "retention": 0.2, "saliency_layer": block})
-    (record,) = prune_inputs(model, inputs)
-
-    t, h, w = inputs["video_grid_thw"][0].tolist()
-    tokens = (h // 2) * (w // 2)
-    hidden, cu = seen["args"][0], seen["kwargs"]["cu_seqlens"]
-    assert cu.tolist() == [i * h * w for i in range(t + 1)]
-    cos, sin = seen["kwargs"]["position_embeddings"]
-    length = hidden.shape[0]
-    with torch.no_grad():
-        q, k, v = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        raw_keys = k
-        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-        q, k, v = (x.transpose(0, 1)[None] for x in (q, k, v))
-        received = []
-        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-            _, weights = eager_attention_forward(
-                attn, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, attn.scaling
-            )
-            received.append(weights[0].mean(dim=(0, 1)))
-    assert torch.equal(
-        visual.merger(encoded.last_hidden_state), encoded.pooler_output[0]
-    )  # raster merge units
-    expected = torch.cat(received).reshape(-1, 4).mean(1).reshape(t, tokens)
-    assert (record.attention - expected).abs().max() <= 1e-5
-    expected_keys = raw_keys.mean(dim=1).reshape(-1, 4, raw_keys.shape[-1]).mean(1).reshape(t, tokens, -1)
-    assert (record.keys - expected_keys).abs().max() <= 1e-5
-    assert record.attention_patches == h * w
-
-
-def test_sink_penalty_is_rescaled_to_the_patches_of_a_temporal_patch(model, inputs, monkeypatch):
-    from stop_hf.sink import Sink
-
-    weights = []
-    original = Sink.spatial_weight
-
-    def spy(self, attention_patches=729):
-        weights.append(original(self, attention_patches))
-        return weights[-1]
-
-    monkeypatch.setattr(Sink, "spatial_weight", spy)
-    stop_hf.patch(model, {"method": "visionzip", "retention": 0.2, "sink": True})
-    prune_inputs(model, inputs)
-    _, h, w = inputs["video_grid_thw"][0].tolist()
-    assert weights and all(x == pytest.approx(0.03 * 729 / (h * w)) for x in weights)
 
 
 # ------------------------------------------------------------------------------------------------ prompts
