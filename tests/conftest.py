@@ -106,8 +106,8 @@ def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
     return report
 
 
-def prune_inputs(model, inputs):
-    """The PruneInputs the patched model hands its pruner for `inputs` (one forward)."""
+def spy_pruner(model) -> list:
+    """Spies on the patched model's pruner: returns the list its PruneInputs are appended to."""
     state = model._stop_state
     seen, pruner = [], state.pruner
 
@@ -119,6 +119,12 @@ def prune_inputs(model, inputs):
             return pruner(x)
 
     state.pruner = Spy()
+    return seen
+
+
+def prune_inputs(model, inputs) -> list:
+    """The PruneInputs the patched model hands its pruner for `inputs` (one forward)."""
+    seen = spy_pruner(model)
     with torch.no_grad():
         model(**inputs)
     return seen

@@ -9,7 +9,15 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_matches_reference, clip, computed, greedy, logits_of, manual_greedy_logits
+from conftest import (
+    assert_matches_reference,
+    clip,
+    computed,
+    greedy,
+    logits_of,
+    manual_greedy_logits,
+    spy_pruner,
+)
 
 import stop_hf
 from stop_hf.testing import (
@@ -80,22 +88,6 @@ def qwen_inputs(qwen_processor):
     return make_inputs(
         qwen_processor, [prompt(VIDEO)], [video(8)]
     )  # grid (4, 20, 28): non-square 10x14 tokens
-
-
-def pruner_inputs(model):
-    """Spies on the patched model's pruner: returns the list its PruneInputs are appended to."""
-    state = model._stop_state
-    seen, pruner = [], state.pruner
-
-    class Spy:
-        needs = pruner.needs
-
-        def __call__(self, x):
-            seen.append(x)
-            return pruner(x)
-
-    state.pruner = Spy()
-    return seen
 
 
 # ------------------------------------------------------------------------------------------------ positions
@@ -170,7 +162,7 @@ def test_recomputed_attention_matches_eager(qwen_model, qwen_reference, qwen_inp
             handle.remove()
 
     stop_hf.patch(qwen_model, {"method": "visionzip", "retention": 0.2, "saliency_layer": block})
-    pruned = pruner_inputs(qwen_model)
+    pruned = spy_pruner(qwen_model)
     logits_of(qwen_model, qwen_inputs)
     record = pruned[0]
 
@@ -239,7 +231,7 @@ def test_global_features_are_per_temporal_patch_means(qwen_model, qwen_reference
             qwen_inputs["pixel_values_videos"], qwen_inputs["video_grid_thw"], return_dict=True
         )
     stop_hf.patch(qwen_model, {"method": "fastvid", "retention": 0.2})
-    seen = pruner_inputs(qwen_model)
+    seen = spy_pruner(qwen_model)
     logits_of(qwen_model, qwen_inputs)
     record = seen[0]
     # window order stays inside a temporal patch, so the mean over each run of h*w rows is order-free
