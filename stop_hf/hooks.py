@@ -197,11 +197,12 @@ class StopState:
     def last_report(self) -> list[dict[str, Any]]:
         return self.report.get() or []
 
-    def capturing(self) -> dict[str, Any] | None:
-        """The vision-capture buffer of the video this context is encoding, or None."""
+    def capturing(self) -> Any:
+        """The vision-capture buffer (a `stop_hf.patches.base.SignalBuffer`) of the video this context is encoding,
+        or None."""
         return self.capture.get()
 
-    def start_capture(self, buffer: dict[str, Any]) -> Any:
+    def start_capture(self, buffer: Any) -> Any:
         return self.capture.set(buffer)
 
     def stop_capture(self, token: Any) -> None:

@@ -105,8 +105,9 @@ def test_unpatch_restores_bit_identical(model, reference, inputs):
     stop_hf.unpatch(model)
     assert not stop_hf.is_patched(model) and not hasattr(model.config, "stop_config")
     assert compat.VIDEO_FEATURES_METHOD not in vars(model.model)
+    expected = logits_of(reference, inputs)  # transformers adds some hooks on a model's first forward
     assert hook_counts(model) == hook_counts(reference)  # every stop_hf hook removed
-    assert torch.equal(logits_of(model, inputs), logits_of(reference, inputs))
+    assert torch.equal(logits_of(model, inputs), expected)
     assert torch.equal(greedy(model, inputs), greedy(reference, inputs))
 
 
