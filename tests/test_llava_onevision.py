@@ -9,7 +9,7 @@ import torch
 from conftest import LLAVA_PROMPT, clip, computed, greedy, logits_of
 
 import stop_hf
-from stop_hf import StopUnsupportedError
+from stop_hf import StopUnsupportedError, compat
 from stop_hf.testing import kept_logits, masked_reference_logits, write_video
 from stop_hf.testing.reference import identical
 
@@ -21,7 +21,9 @@ def manual_greedy(model, inputs, n=6):
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens = [token]
         for _ in range(n - 1):
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(
+                input_ids=token, **compat.cache_input(model, compat.output_cache(out)), use_cache=True
+            )
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)
     return torch.cat(tokens, dim=1)
@@ -106,7 +108,11 @@ def teacher_forced_log_prob(model, inputs, tokens):
         out = model(**inputs, use_cache=True)
         for token in tokens:
             total += out.logits[0, -1].log_softmax(-1)[token]
-            out = model(input_ids=token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+            out = model(
+                input_ids=token.view(1, 1),
+                **compat.cache_input(model, compat.output_cache(out)),
+                use_cache=True,
+            )
     return total
 
 
