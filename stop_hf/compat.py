@@ -74,11 +74,6 @@ def is_presized_cache(past_key_values: Any) -> bool:
     return bool(compileable) or type(past_key_values).__name__ in PRESIZED_CACHE_CLASSES
 
 
-def cache_kwarg(kwargs: dict[str, Any]) -> str:
-    """The kwarg name under which this call carries its KV cache (`cache`, or `past_key_values` before 5.24)."""
-    return next((name for name in CACHE_KWARGS if kwargs.get(name) is not None), CACHE_KWARGS[0])
-
-
 def cache_of(kwargs: dict[str, Any]) -> Any:
     """The KV cache a forward call received (whichever name the caller or the model code used), or None."""
     return next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
