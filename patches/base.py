@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import torch
+
+from stop_hf import compat
+from stop_hf.hooks import VideoRecord, wrap_method
+
+
+@dataclass
+class SignalBuffer:
+    """The signals captured while ONE `get_video_features` call runs. Each call gets a fresh buffer (concurrent calls
+    on a shared model never share one); the signal hooks reach it through `state.capturing()`.
+
+    attention / keys / global_features: the tensors the hooks produced, one per hooked forward, in call order (their
+    shapes are the architecture's; its `video_records` turns them into per-video (T, N), (T, N, Dk), (T, Dg)).
+    seconds: time the hooks spent computing signals (the wrapper adds the time `video_records` takes).
+    """
+
+    attention: list[torch.Tensor] = field(default_factory=list)
+    keys: list[torch.Tensor] = field(default_factory=list)
+    global_features: list[torch.Tensor] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 class ArchAdapter:
@@ -10,9 +33,8 @@ class ArchAdapter:
     and position policy; the runner, CLI, bench, viz, eval and testing kit read its names, input preparation, tiny
     test model and bench shapes. Registered with `@register_architecture` (see `stop_hf.patches`).
 
-    Subclasses implement `install_capture`: wrap the video encoder so that each call captures its signals into its
-    own buffer (`state.start_capture` / `state.capturing()`, per call, never per model) and hands one `VideoRecord`
-    per video to the prefill (`state.set_encoded`). They may override the position policy.
+    Signal capture is written once here (`install_capture`); an architecture supplies its pieces: `capture_plan`,
+    `check_video_inputs`, `video_records` and `install_signal_hooks`. It may override the position policy.
     """
 
     #: registry key, CLI `--arch` value and `tiny-<name>` model name
@@ -38,6 +60,8 @@ class ArchAdapter:
     bench_vision: ClassVar[dict[str, int]] = {}
     bench_image_size: ClassVar[int] = 0
     bench_tokens_per_frame: ClassVar[float] = 0.0
+    #: the checkpoint's LLM shape for the bench (`stop_hf.bench.LLMShape` fields); empty: Qwen2-7B
+    bench_llm: ClassVar[dict[str, int]] = {}
 
     def default_position_mode(self, method: str) -> str:
         return self.position_policy.get(method, self.default_position)
@@ -65,8 +89,79 @@ class ArchAdapter:
             )
         return configured % count
 
-    def install_capture(self, model: Any, state: Any) -> list[Any]:  # pragma: no cover - abstract
+    # ------------------------------------------------------------------ signal capture (stop_hf.loading.patch)
+    #: the buffer class one `get_video_features` call captures into (a subclass may add scratch fields)
+    signal_buffer: ClassVar[type[SignalBuffer]] = SignalBuffer
+
+    def install_capture(self, model: Any, state: Any) -> list[Any]:
+        """Shadows the backbone's `get_video_features` on this instance, then installs the signal hooks; returns
+        their handles. Each call checks its inputs, captures the hooks' signals into its own `signal_buffer` (set
+        as `state.capturing()` for the duration of the call, per call, never per model) and hands one
+        `VideoRecord` per video to the prefill (`state.set_encoded`)."""
+        # every check and load first: a failure leaves nothing installed
+        plan = self.capture_plan(model, state)
+
+        def make_wrapper(original):
+            def get_video_features(pixel_values_videos, *args, **kwargs):
+                inputs = self.check_video_inputs(plan, pixel_values_videos, args, kwargs)
+                buffer = self.signal_buffer()
+                token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
+                try:
+                    output = original(pixel_values_videos, *args, **kwargs)
+                finally:
+                    state.stop_capture(token)
+                started = time.perf_counter()
+                records = self.video_records(plan, output, inputs, buffer)
+                seconds = buffer.seconds + time.perf_counter() - started
+                for record in records:
+                    record.signal_seconds = seconds / len(records)
+                state.set_encoded(records)
+                return output
+
+            return get_video_features
+
+        # wrap_method keeps functools.wraps: generate still reads the real signature
+        handles = [wrap_method(self.base_model(model), compat.VIDEO_FEATURES_METHOD, make_wrapper)]
+        return handles + self.install_signal_hooks(model, state, plan)
+
+    def capture_plan(self, model: Any, state: Any) -> Any:
+        """What the capture of this patched model fixes at patch time (signals needed, layer index, heads), handed
+        to the methods below. Raise here for a config the model cannot serve: nothing is installed yet."""
+        return None
+
+    def check_video_inputs(
+        self, plan: Any, pixel_values_videos: torch.Tensor, args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
+        """Checks one `get_video_features(pixel_values_videos, *args, **kwargs)` call before the encoder runs;
+        returns what `video_records` needs to know about it (e.g. the videos' grids)."""
+        return None
+
+    def video_records(
+        self, plan: Any, output: Any, inputs: Any, buffer: SignalBuffer
+    ) -> list[VideoRecord]:  # pragma: no cover - abstract
+        """One `VideoRecord` per video of this call: its features as scattered into the prompt, geometry and the
+        signals in `buffer` (`signal_seconds` is set by the caller)."""
         raise NotImplementedError
+
+    def install_signal_hooks(self, model: Any, state: Any, plan: Any) -> list[Any]:
+        """Hooks (on ONE vision layer, as a rule) that append this call's signals to `state.capturing()` when it is
+        not None; returns their handles."""
+        return []
+
+    # ------------------------------------------------------------------ prefill (stop_hf.hooks)
+    def check_video_call(self, kwargs: dict[str, Any]) -> None:
+        """Raises `StopUnsupportedError` for a top-level call with video that this architecture cannot prune
+        correctly (checked before anything runs). Default: every call is fine."""
+
+    #: language-model keyword arguments with one entry per prompt token (or per visual token) that
+    #: `prune_lm_kwargs` slices; the masked reference passes them through at full length
+    pruned_lm_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def prune_lm_kwargs(self, kwargs: dict[str, Any], splice: Any) -> dict[str, Any]:
+        """Slices the language model's per-token keyword arguments other than embeddings, mask and positions (which
+        `stop_hf.hooks` handles) to the pruned sequence described by `splice` (a `stop_hf.hooks.Splice`).
+        Default: there are none."""
+        return kwargs
 
     # ------------------------------------------------------------------ inputs (stop_hf.runner.VideoLLM)
     def decode_video(self, video: Any, num_frames: int) -> Any:

@@ -14,20 +14,22 @@ Signals, all pooled exactly like the features (with the model's own `apply_pooli
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from stop_hf import compat
-from stop_hf.hooks import StopState, VideoRecord, wrap_method
+from stop_hf.hooks import StopState, VideoRecord
 from stop_hf.siglip_head import SiglipMapHead, load_siglip_head
 from stop_hf.signals import attention_received, head_mean_keys, signal_dtype
 
 from . import register_architecture
-from .base import ArchAdapter
+from .base import ArchAdapter, SignalBuffer
 
 #: `global_feature: mean` warns once per process that it is not the paper's signal.
 _MEAN_FEATURE_WARNED = False
@@ -44,6 +46,57 @@ def _warn_mean_feature_once() -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+@dataclass(frozen=True)
+class SiglipCapturePlan:
+    """What the capture of one patched LLaVA-OV model fixes at patch time.
+
+    side: SigLIP patches per frame side (27 at 384 px); saliency_layer: the encoder layer whose q/k are hooked, or
+    None when no encoder signal is needed; head: SigLIP's MAP head when FastVID's signals need it.
+    """
+
+    backbone: Any
+    side: int
+    needs: frozenset[str]
+    encoder_needs: frozenset[str]
+    saliency_layer: int | None
+    head: SiglipMapHead | None
+    head_global: bool
+    probe_saliency: bool
+
+
+@dataclass
+class SiglipSignalBuffer(SignalBuffer):
+    """Adds the hooked layer's in-flight inputs and q/k projections (`projected`), reused by its post-hook."""
+
+    projected: dict[str, Any] = field(default_factory=dict)
+
+
+def _capture_global(
+    state: StopState, plan: SiglipCapturePlan, module: Any, args: tuple, kwargs: dict
+) -> None:
+    """Pre-hook on the projector: the frame's global feature and, with `saliency_source: map_head`, the MAP head's
+    probe attention as the saliency (the encoder layer's attention is then not captured)."""
+    buffer = state.capturing()
+    if buffer is None:
+        return None
+    # the pre-projection hidden state (frames, patches, H): the features LLaVA-OV projects
+    features = kwargs.get("image_features", args[0] if args else None).detach()
+    if plan.head is None:
+        buffer.global_features.append(features.float().mean(dim=1))
+        return None
+    started = time.perf_counter()
+    with torch.no_grad():
+        pooled_output, probe_attention = plan.head(features.to(plan.head.probe.dtype))
+    if plan.head_global:
+        buffer.global_features.append(pooled_output.float())
+    elif "global_features" in plan.needs:
+        buffer.global_features.append(features.float().mean(dim=1))
+    if plan.probe_saliency:
+        buffer.attention.append(probe_attention.float())
+    buffer.seconds += time.perf_counter() - started
+    return None
 
 
 @register_architecture
@@ -73,6 +126,8 @@ class LlavaOnevisionAdapter(ArchAdapter):
         "prunevid": "compact",
     }
     default_position = "original"
+
+    signal_buffer = SiglipSignalBuffer
 
     def encoder_layers(self, model: Any) -> Any:
         return compat.siglip_encoder_layers(self.base_model(model).vision_tower)
@@ -105,106 +160,81 @@ class LlavaOnevisionAdapter(ArchAdapter):
             dtype=signal_dtype(config.signal_dtype, tower_param.dtype),
         )
 
-    def install_capture(self, model: Any, state: StopState) -> list[Any]:
-        base = self.base_model(model)
-        vision = model.config.vision_config
-        side = vision.image_size // vision.patch_size
-        pooled_side = math.ceil(side / 2)
-        needs = set(state.needs)
-        handles: list[Any] = []
+    def capture_plan(self, model: Any, state: StopState) -> SiglipCapturePlan:
+        needs = frozenset(state.needs)
         # FastVID's signals: the MAP head's pooled output (global feature) and probe attention (original saliency).
         head_global = "global_features" in needs and state.config.global_feature in ("auto", "map_head")
         probe_saliency = "attention" in needs and state.config.saliency_source == "map_head"
         if "global_features" in needs and state.config.global_feature == "mean":
             _warn_mean_feature_once()
-        # loaded before any hook is installed: a missing head fails with nothing half-patched
-        head = self.map_head(model, state.config) if head_global or probe_saliency else None
         encoder_needs = needs - {"global_features"} - ({"attention"} if probe_saliency else set())
-
-        def make_wrapper(original):
-            def get_video_features(pixel_values_videos, *args, **kwargs):
-                buffer = {
-                    "attention": [],
-                    "keys": [],
-                    "global": [],
-                    "probe": [],
-                    "seconds": 0.0,
-                    "projected": {},
-                }
-                token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
-                try:
-                    output = original(pixel_values_videos, *args, **kwargs)
-                finally:
-                    state.stop_capture(token)
-                pooled = compat.pooled_output(output)
-                videos, frames = pixel_values_videos.shape[:2]
-                started = time.perf_counter()
-                attention = keys = global_features = None
-                if buffer["attention"] or buffer["probe"]:
-                    per_patch = torch.cat(buffer["probe"] if probe_saliency else buffer["attention"])
-                    attention = base.apply_pooling(per_patch[..., None])[..., 0]
-                if buffer["keys"]:
-                    keys = base.apply_pooling(torch.cat(buffer["keys"]))
-                if buffer["global"]:
-                    global_features = torch.cat(buffer["global"])
-                seconds = buffer["seconds"] + time.perf_counter() - started
-                records = [
-                    VideoRecord(
-                        features=pooled[v],
-                        frames=frames,
-                        grid=(pooled_side, pooled_side),
-                        trailing_tokens=1,  # the image_newline: always kept, last token of the video
-                        attention=None if attention is None else attention[v * frames : (v + 1) * frames],
-                        keys=None if keys is None else keys[v * frames : (v + 1) * frames],
-                        global_features=None
-                        if global_features is None
-                        else global_features[v * frames : (v + 1) * frames],
-                        attention_patches=side * side,
-                        signal_seconds=seconds / videos,
-                    )
-                    for v in range(videos)
-                ]
-                state.set_encoded(records)
-                return output
-
-            return get_video_features
-
-        handles.append(wrap_method(base, compat.VIDEO_FEATURES_METHOD, make_wrapper))
-
+        layer = None
         if encoder_needs & {"attention", "keys"}:
-            layer = self.encoder_layers(model)[self.saliency_layer_index(model, state.config.saliency_layer)]
-            handles += self._install_attention_capture(layer.self_attn, state, encoder_needs)
+            layer = self.saliency_layer_index(model, state.config.saliency_layer)
+        vision = model.config.vision_config
+        return SiglipCapturePlan(
+            backbone=self.base_model(model),
+            side=vision.image_size // vision.patch_size,
+            needs=needs,
+            encoder_needs=encoder_needs,
+            saliency_layer=layer,
+            # loaded before any hook is installed: a missing head fails with nothing half-patched
+            head=self.map_head(model, state.config) if head_global or probe_saliency else None,
+            head_global=head_global,
+            probe_saliency=probe_saliency,
+        )
 
-        if "global_features" in needs or probe_saliency:
+    def check_video_inputs(
+        self, plan: SiglipCapturePlan, pixel_values_videos: torch.Tensor, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[int, int]:
+        """(videos, frames) of the (videos, frames, 3, H, W) pixels."""
+        videos, frames = pixel_values_videos.shape[:2]
+        return videos, frames
 
-            def capture_global(module, args, kwargs):
-                buffer = state.capturing()
-                if buffer is None:
-                    return None
-                # the pre-projection hidden state (frames, patches, H): the features LLaVA-OV projects
-                features = kwargs.get("image_features", args[0] if args else None).detach()
-                if head is None:
-                    buffer["global"].append(features.float().mean(dim=1))
-                    return None
-                started = time.perf_counter()
-                with torch.no_grad():
-                    pooled_output, probe_attention = head(features.to(head.probe.dtype))
-                if head_global:
-                    buffer["global"].append(pooled_output.float())
-                elif "global_features" in needs:
-                    buffer["global"].append(features.float().mean(dim=1))
-                if probe_saliency:
-                    buffer["probe"].append(probe_attention.float())
-                buffer["seconds"] += time.perf_counter() - started
-                return None
+    def video_records(
+        self, plan: SiglipCapturePlan, output: Any, inputs: tuple[int, int], buffer: SiglipSignalBuffer
+    ) -> list[VideoRecord]:
+        videos, frames = inputs
+        pooled = compat.pooled_output(output)
+        attention = keys = global_features = None
+        if buffer.attention:
+            attention = plan.backbone.apply_pooling(torch.cat(buffer.attention)[..., None])[..., 0]
+        if buffer.keys:
+            keys = plan.backbone.apply_pooling(torch.cat(buffer.keys))
+        if buffer.global_features:
+            global_features = torch.cat(buffer.global_features)
+        pooled_side = math.ceil(plan.side / 2)
+        return [
+            VideoRecord(
+                features=pooled[v],
+                frames=frames,
+                grid=(pooled_side, pooled_side),
+                trailing_tokens=1,  # the image_newline: always kept, last token of the video
+                attention=None if attention is None else attention[v * frames : (v + 1) * frames],
+                keys=None if keys is None else keys[v * frames : (v + 1) * frames],
+                global_features=None
+                if global_features is None
+                else global_features[v * frames : (v + 1) * frames],
+                attention_patches=plan.side * plan.side,
+            )
+            for v in range(videos)
+        ]
 
+    def install_signal_hooks(self, model: Any, state: StopState, plan: SiglipCapturePlan) -> list[Any]:
+        handles: list[Any] = []
+        if plan.saliency_layer is not None:
+            layer = self.encoder_layers(model)[plan.saliency_layer]
+            handles += self._install_attention_capture(layer.self_attn, state, plan.encoder_needs)
+        if "global_features" in plan.needs or plan.probe_saliency:
             handles.append(
-                base.multi_modal_projector.register_forward_pre_hook(capture_global, with_kwargs=True)
+                plan.backbone.multi_modal_projector.register_forward_pre_hook(
+                    functools.partial(_capture_global, state, plan), with_kwargs=True
+                )
             )
         return handles
 
     @staticmethod
-    def _install_attention_capture(attn: Any, state: StopState, needs: set[str]) -> list[Any]:
+    def _install_attention_capture(attn: Any, state: StopState, needs: frozenset[str]) -> list[Any]:
         """Hooks on one SigLIP attention module that turn its own q/k projections into the saliency signals.
 
         The projections' outputs are reused rather than recomputed (they are a third of the capture cost). Each
@@ -216,15 +246,15 @@ class LlavaOnevisionAdapter(ArchAdapter):
             def hook(module, args, output):
                 buffer = state.capturing()
                 if buffer is not None:
-                    buffer["projected"][name] = (module, output)
+                    buffer.projected[name] = (module, output)
 
             return hook
 
         def start(module, args, kwargs):
             buffer = state.capturing()
             if buffer is not None:
-                buffer["projected"].clear()
-                buffer["projected"]["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+                buffer.projected.clear()
+                buffer.projected["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
 
         def heads(module, projected, name, hidden):
             producer, output = projected.get(name, (None, None))
@@ -234,16 +264,16 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
         def finish(module, args, kwargs, output):
             buffer = state.capturing()
-            if buffer is None or "hidden" not in buffer["projected"]:
+            if buffer is None or "hidden" not in buffer.projected:
                 return None
             started = time.perf_counter()
-            projected = buffer["projected"]
+            projected = buffer.projected
             hidden = projected["hidden"]
             with torch.no_grad():
                 keys = heads(module, projected, "k_proj", hidden)
                 if "attention" in needs:
                     queries = heads(module, projected, "q_proj", hidden)
-                    buffer["attention"].append(
+                    buffer.attention.append(
                         attention_received(
                             queries,
                             keys,
@@ -253,9 +283,9 @@ class LlavaOnevisionAdapter(ArchAdapter):
                         )
                     )
                 if "keys" in needs:
-                    buffer["keys"].append(head_mean_keys(keys))
+                    buffer.keys.append(head_mean_keys(keys))
             projected.clear()
-            buffer["seconds"] += time.perf_counter() - started
+            buffer.seconds += time.perf_counter() - started
             return None
 
         return [
@@ -278,7 +308,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
         """SigLIP 384/14 geometry (729 patches -> 196 pooled tokens per frame), a 2-layer Qwen2 LLM."""
         from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
-        from stop_hf.testing.models import VOCAB_SIZE, token_id
+        from stop_hf.tiny import VOCAB_SIZE, token_id
 
         vision = SiglipVisionConfig(
             hidden_size=64,
@@ -379,7 +409,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
 
     def bench_method_kwargs(self, model: Any, folder: str) -> dict[str, dict[str, Any]]:
         """FastVID's MAP head: random weights of the tower's width (its cost is part of the signal time)."""
-        from stop_hf.testing.siglip import save_random_siglip_head
+        from stop_hf.siglip_head import save_random_siglip_head
 
         vision = model.config.vision_config
         save_random_siglip_head(folder, vision.hidden_size, vision.intermediate_size)

@@ -19,18 +19,21 @@ pruned sequence's own state (stop_hf.hooks.translate_decode), so concurrent call
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from stop_hf import compat
-from stop_hf.hooks import StopState, VideoRecord, wrap_method
+from stop_hf.hooks import StopState, StopUnsupportedError, VideoRecord
 from stop_hf.siglip_head import refuse_map_head
 from stop_hf.signals import head_mean_keys, segment_attention_received, signal_dtype, unpermute_merge_units
 
 from . import register_architecture
-from .base import ArchAdapter
+from .base import ArchAdapter, SignalBuffer
 
 
 def validate_video_grid(
@@ -61,6 +64,56 @@ def validate_video_grid(
             f"{grids} describes {expected}"
         )
     return grids
+
+
+@dataclass(frozen=True)
+class QwenCapturePlan:
+    """What the capture of one patched Qwen-VL model fixes at patch time.
+
+    vision: the vision config; block_index: the block whose attention is recomputed (`full_attention`: it attends
+    over a whole temporal patch); rotate: the tower's rotary function, when attention is needed.
+    """
+
+    vision: Any
+    merge: int
+    needs: frozenset[str]
+    block_index: int
+    full_attention: bool
+    rotate: Callable | None
+
+
+def _capture_block_attention(
+    state: StopState, plan: QwenCapturePlan, module: Any, args: tuple, kwargs: dict
+) -> None:
+    """Pre-hook on one vision block's `attn`: its head-mean keys (before rotary) and the mean attention each patch
+    receives within the block's own segments (`cu_seqlens`), in the tower's (window) order."""
+    buffer = state.capturing()
+    if buffer is None:
+        return None
+    started = time.perf_counter()
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    cu_seqlens = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
+    with torch.no_grad():
+        length = hidden.shape[0]
+        qkv = module.qkv(hidden).reshape(length, 3, module.num_heads, -1).permute(1, 0, 2, 3)
+        queries, keys = qkv[0], qkv[1]  # (S, H, dh)
+        if "keys" in plan.needs:
+            buffer.keys.append(head_mean_keys(keys.transpose(0, 1)[None])[0])
+        if "attention" in plan.needs:
+            cos, sin = kwargs["position_embeddings"]
+            queries, keys = plan.rotate(queries, keys, cos, sin)
+            buffer.attention.append(
+                segment_attention_received(
+                    queries,
+                    keys,
+                    cu_seqlens,
+                    module.scaling,
+                    state.config.signal_chunk_frames,
+                    signal_dtype(state.config.signal_dtype, queries.dtype),
+                )
+            )
+    buffer.seconds += time.perf_counter() - started
+    return None
 
 
 @register_architecture
@@ -118,108 +171,77 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             return int(full[-1]) if full else depth - 1
         return self.check_layer_index(configured, depth, "blocks")
 
-    def install_capture(self, model: Any, state: StopState) -> list[Any]:
-        base = self.base_model(model)
-        visual = base.visual
-        vision = visual.config
-        merge = int(vision.spatial_merge_size)
-        unit = merge * merge
-        needs = set(state.needs)
+    def capture_plan(self, model: Any, state: StopState) -> QwenCapturePlan:
+        needs = frozenset(state.needs)
         # no SigLIP MAP head: FastVID uses the frame mean here (see docs/qwen2_5_vl.md)
         refuse_map_head(state.config, needs, self.display_name)
+        vision = self.base_model(model).visual.config
         block_index = self.saliency_block_index(model, state.config.saliency_layer)
-        full_attention = block_index in set(self.full_attention_blocks(vision))
-        rotate = compat.rotary_vision(self.model_types[0]) if "attention" in needs else None
-        handles: list[Any] = []
+        return QwenCapturePlan(
+            vision=vision,
+            merge=int(vision.spatial_merge_size),
+            needs=needs,
+            block_index=block_index,
+            full_attention=block_index in set(self.full_attention_blocks(vision)),
+            rotate=compat.rotary_vision(self.model_types[0]) if "attention" in needs else None,
+        )
 
-        def make_wrapper(original):
-            def get_video_features(pixel_values_videos, video_grid_thw=None, *args, **kwargs):
-                grids = validate_video_grid(pixel_values_videos, video_grid_thw, merge)
-                buffer = {"attention": [], "keys": [], "seconds": 0.0}
-                token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
-                try:
-                    output = original(pixel_values_videos, video_grid_thw, *args, **kwargs)
-                finally:
-                    state.stop_capture(token)
-                pooled = compat.pooled_output(output)
-                started = time.perf_counter()
-                window_index = self.merge_unit_order(grids, vision)
-                attention = keys = global_features = None
-                if buffer["attention"]:
-                    attention = unpermute_merge_units(buffer["attention"][-1], window_index, unit)
-                if buffer["keys"]:
-                    keys = unpermute_merge_units(buffer["keys"][-1], window_index, unit)
-                if "global_features" in needs:
-                    hidden = compat.last_hidden_state(output)
-                    global_features = unpermute_merge_units(hidden.detach().float(), window_index, unit)
-                records, offset = [], 0
-                for v, (t, h, w) in enumerate(grids):
-                    tokens_per_frame = (h // merge) * (w // merge)
-                    span = slice(offset, offset + t * tokens_per_frame)
-                    offset = span.stop
+    def check_video_inputs(
+        self, plan: QwenCapturePlan, pixel_values_videos: torch.Tensor, args: tuple, kwargs: dict[str, Any]
+    ) -> list[list[int]]:
+        """The videos' (t, h, w) patch grids, checked (`get_video_features(pixel_values_videos, video_grid_thw)`)."""
+        video_grid_thw = (
+            kwargs["video_grid_thw"] if "video_grid_thw" in kwargs else (args[0] if args else None)
+        )
+        return validate_video_grid(pixel_values_videos, video_grid_thw, plan.merge)
 
-                    def per_frame(values, span=span, t=t, n=tokens_per_frame):
-                        return None if values is None else values[span].reshape(t, n, *values.shape[1:])
+    def video_records(
+        self, plan: QwenCapturePlan, output: Any, inputs: list[list[int]], buffer: SignalBuffer
+    ) -> list[VideoRecord]:
+        grids, vision, merge = inputs, plan.vision, plan.merge
+        unit = merge * merge
+        pooled = compat.pooled_output(output)
+        window_index = self.merge_unit_order(grids, vision)
+        attention = keys = global_features = None
+        if buffer.attention:
+            attention = unpermute_merge_units(buffer.attention[-1], window_index, unit)
+        if buffer.keys:
+            keys = unpermute_merge_units(buffer.keys[-1], window_index, unit)
+        if "global_features" in plan.needs:
+            hidden = compat.last_hidden_state(output)
+            global_features = unpermute_merge_units(hidden.detach().float(), window_index, unit)
+        records, offset = [], 0
+        for v, (t, h, w) in enumerate(grids):
+            tokens_per_frame = (h // merge) * (w // merge)
+            span = slice(offset, offset + t * tokens_per_frame)
+            offset = span.stop
 
-                    frame_global = per_frame(global_features)
-                    records.append(
-                        VideoRecord(
-                            features=pooled[v],
-                            frames=t,
-                            grid=(h // merge, w // merge),
-                            trailing_tokens=0,
-                            attention=per_frame(attention),
-                            keys=per_frame(keys),
-                            global_features=None if frame_global is None else frame_global.mean(dim=1),
-                            # keys the saliency softmax ran over per temporal patch (sets the mu_s rescaling)
-                            attention_patches=self.attention_patches(h, w, full_attention, vision),
-                        )
-                    )
-                seconds = buffer["seconds"] + time.perf_counter() - started
-                for record in records:
-                    record.signal_seconds = seconds / len(records)
-                state.set_encoded(records)
-                return output
+            def per_frame(values, span=span, t=t, n=tokens_per_frame):
+                return None if values is None else values[span].reshape(t, n, *values.shape[1:])
 
-            return get_video_features
+            frame_global = per_frame(global_features)
+            records.append(
+                VideoRecord(
+                    features=pooled[v],
+                    frames=t,
+                    grid=(h // merge, w // merge),
+                    trailing_tokens=0,
+                    attention=per_frame(attention),
+                    keys=per_frame(keys),
+                    global_features=None if frame_global is None else frame_global.mean(dim=1),
+                    # keys the saliency softmax ran over per temporal patch (sets the mu_s rescaling)
+                    attention_patches=self.attention_patches(h, w, plan.full_attention, vision),
+                )
+            )
+        return records
 
-        handles.append(wrap_method(base, compat.VIDEO_FEATURES_METHOD, make_wrapper))
-
-        if needs & {"attention", "keys"}:
-            chunk = state.config.signal_chunk_frames
-
-            def capture_attention(module, args, kwargs):
-                buffer = state.capturing()
-                if buffer is None:
-                    return None
-                started = time.perf_counter()
-                hidden = kwargs.get("hidden_states", args[0] if args else None)
-                cu_seqlens = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
-                with torch.no_grad():
-                    length = hidden.shape[0]
-                    qkv = module.qkv(hidden).reshape(length, 3, module.num_heads, -1).permute(1, 0, 2, 3)
-                    queries, keys = qkv[0], qkv[1]  # (S, H, dh)
-                    if "keys" in needs:
-                        buffer["keys"].append(head_mean_keys(keys.transpose(0, 1)[None])[0])
-                    if "attention" in needs:
-                        cos, sin = kwargs["position_embeddings"]
-                        queries, keys = rotate(queries, keys, cos, sin)
-                        buffer["attention"].append(
-                            segment_attention_received(
-                                queries,
-                                keys,
-                                cu_seqlens,
-                                module.scaling,
-                                chunk,
-                                signal_dtype(state.config.signal_dtype, queries.dtype),
-                            )
-                        )
-                buffer["seconds"] += time.perf_counter() - started
-                return None
-
-            attn = visual.blocks[block_index].attn
-            handles.append(attn.register_forward_pre_hook(capture_attention, with_kwargs=True))
-        return handles
+    def install_signal_hooks(self, model: Any, state: StopState, plan: QwenCapturePlan) -> list[Any]:
+        """A pre-hook on the saliency block's `attn` that recomputes its q/k (the rotary applied as the block does)."""
+        if not plan.needs & {"attention", "keys"}:
+            return []
+        attn = self.base_model(model).visual.blocks[plan.block_index].attn
+        hook = functools.partial(_capture_block_attention, state, plan)
+        return [attn.register_forward_pre_hook(hook, with_kwargs=True)]
 
     # ------------------------------------------------------------------ inputs
     def decode_video(self, video: Any, num_frames: int) -> Any:
@@ -272,7 +294,9 @@ class Qwen2_5_VLAdapter(ArchAdapter):
 
         element = qwen_video_element(frames, len(frames))
         _, videos, _ = process_vision_info(
-            [{"role": "user", "content": [element]}], return_video_kwargs=True, image_patch_size=self.patch_size
+            [{"role": "user", "content": [element]}],
+            return_video_kwargs=True,
+            image_patch_size=self.patch_size,
         )
         height, width = videos[0].shape[-2:]
         return int(height) // self.token_px, int(width) // self.token_px
@@ -297,22 +321,27 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             "tokens_per_second": 2,
         }
 
+    def tiny_text_config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        }
+
     def tiny_config(self) -> Any:
         import transformers
 
-        from stop_hf.testing.models import VOCAB_SIZE, token_id
+        from stop_hf.tiny import VOCAB_SIZE, token_id
 
         return getattr(transformers, self.config_class)(
             vision_config=self.tiny_vision_config(),
             text_config={
+                **self.tiny_text_config(),
                 "vocab_size": VOCAB_SIZE,
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "max_position_embeddings": 32768,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
                 "eos_token_id": token_id("<|im_end|>"),
                 "pad_token_id": token_id("<pad>"),
                 "bos_token_id": None,
@@ -323,16 +352,18 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             vision_end_token_id=token_id("<|vision_end|>"),
         )
 
+    #: the video processor class of this architecture's HF processor
+    video_processor_class: ClassVar[str] = "Qwen2VLVideoProcessor"
+
     def tiny_processor(self, tokenizer: Any, chat_template: str) -> Any:
         import transformers
-        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
         template = chat_template.replace(
             "{{ video_placeholder }}", "<|vision_start|><|video_pad|><|vision_end|>"
         ).replace("{{ image_placeholder }}", "<|vision_start|><|image_pad|><|vision_end|>")
         return getattr(transformers, self.processor_class)(
-            image_processor=Qwen2VLImageProcessor(),
-            video_processor=Qwen2VLVideoProcessor(),
+            image_processor=transformers.Qwen2VLImageProcessor(patch_size=self.patch_size),
+            video_processor=getattr(transformers, self.video_processor_class)(),
             tokenizer=tokenizer,
             chat_template=template,
         )
@@ -355,6 +386,23 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             "tokens_per_second": 2,
         }
 
+    def bench_text_config(self, llm: Any) -> dict[str, Any]:
+        """The LLM part of the bench config (widths from the bench `LLMShape`; depth and vocab are set by the
+        caller)."""
+        hd = llm.hidden // llm.heads
+        return {
+            "hidden_size": llm.hidden,
+            "intermediate_size": llm.mlp,
+            "num_attention_heads": llm.heads,
+            "num_key_value_heads": llm.kv_heads,
+            "max_position_embeddings": 32768,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [hd // 2 - 2 * (hd * 3 // 16), hd * 3 // 16, hd * 3 // 16],  # 7B: 16,24,24
+            },
+        }
+
     def bench_config(
         self,
         vision: dict[str, int],
@@ -366,26 +414,12 @@ class Qwen2_5_VLAdapter(ArchAdapter):
     ) -> Any:
         import transformers
 
-        hd = llm.hidden // llm.heads
         return getattr(transformers, self.config_class)(
             vision_config=self.bench_vision_config(vision, llm.hidden, vision_layers),
             text_config={
+                **self.bench_text_config(llm),
                 "vocab_size": vocab,
-                "hidden_size": llm.hidden,
-                "intermediate_size": llm.mlp,
                 "num_hidden_layers": llm_layers,
-                "num_attention_heads": llm.heads,
-                "num_key_value_heads": llm.kv_heads,
-                "max_position_embeddings": 32768,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": 1e6,
-                    "mrope_section": [
-                        hd // 2 - 2 * (hd * 3 // 16),
-                        hd * 3 // 16,
-                        hd * 3 // 16,
-                    ],  # 7B: 16,24,24
-                },
                 "bos_token_id": None,
             },
             image_token_id=4,
@@ -393,6 +427,16 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             vision_start_token_id=6,
             vision_end_token_id=7,
         )
+
+    def check_video_call(self, kwargs: dict[str, Any]) -> None:
+        """Without `mm_token_type_ids`, transformers 5.23's `generate` silently gives the video 1-D positions
+        (`_prepare_position_ids_for_generation` falls back; logits off by 0.11 on the tiny model) and Qwen2.5-VL's
+        plain forward does too; a pruned prefill would inherit them. Refused instead."""
+        if kwargs.get("mm_token_type_ids") is None:
+            raise StopUnsupportedError(
+                f"stop_hf: {self.display_name} video inputs need mm_token_type_ids (the processor returns them); "
+                "without them transformers gives the video 1-D positions. Pass the processor's full output."
+            )
 
     def bench_inputs(
         self, model: Any, frames: int, image_size: int, device: str, dtype: Any
@@ -417,4 +461,5 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                 "pixel_values_videos": pixels,
                 "video_grid_thw": torch.tensor([[t, grid, grid]], device=device),
             },
+            "token_types": [2 if token == self.video_token_id(model) else 0 for token in span],
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._install import check_one_tree
 from .config import StopConfig, StopConfigError, list_presets
-from .hooks import StopUnsupportedError
+from .hooks import StopUnsupportedError, report_embeddings
 from .loading import (
     from_pretrained,
     get_stop_config,
@@ -38,6 +38,7 @@ __all__ = [
     "last_prune_report",
     "list_presets",
     "patch",
+    "report_embeddings",
     "sink_score",
     "unpatch",
 ]

@@ -45,7 +45,8 @@ class ArchShape:
     tokens_per_frame: float  # LLM video tokens per input frame
 
 
-#: Qwen2-7B LLM (every registered 7B model): hidden 3584, 28 heads, 4 KV heads, MLP 18944, 28 layers.
+#: Qwen2-7B LLM (the default of a registered model without `bench_llm`): hidden 3584, 28 heads, 4 KV heads, MLP
+#: 18944, 28 layers.
 QWEN2_7B = LLMShape()
 
 
@@ -54,7 +55,13 @@ def _shapes() -> dict[str, ArchShape]:
     from stop_hf.patches import ARCHITECTURES
 
     return {
-        name: ArchShape(name, QWEN2_7B, dict(a.bench_vision), a.bench_image_size, a.bench_tokens_per_frame)
+        name: ArchShape(
+            name,
+            LLMShape(**a.bench_llm) if a.bench_llm else QWEN2_7B,
+            dict(a.bench_vision),
+            a.bench_image_size,
+            a.bench_tokens_per_frame,
+        )
         for name, a in ARCHITECTURES.items()
     }
 
@@ -115,12 +122,16 @@ def build_inputs(model, frames: int, image_size: int, device: str, dtype: torch.
     video = adapter_for(model).bench_inputs(model, frames, image_size, device, dtype)
     prefix, suffix = [2, 10, 11], [3, 12, 13, 14]
     input_ids = torch.tensor([prefix + video["span"] + suffix], device=device)
-    return {
+    inputs = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "n_video": video["n_video"],
         **video["pixels"],
     }
+    if "token_types" in video:  # the processor's mm_token_type_ids (0 text, 1 image, 2 video)
+        types = [0] * len(prefix) + video["token_types"] + [0] * len(suffix)
+        inputs["mm_token_type_ids"] = torch.tensor([types], device=device)
+    return inputs
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -153,28 +164,39 @@ def _peak_memory_mb(device: str) -> float:
 
 
 class _LayerTimer:
-    """Times each decoder layer of the first (prefill) LLM call with forward hooks."""
+    """Times each decoder layer of the first (prefill) call of `language_model`, with forward hooks only: a pre-hook
+    on the language model arms the per-layer timing for its first call, a post-hook disarms it for good (the decode
+    steps are not timed per layer). Every hook is removed on exit; no attribute of the model is replaced."""
 
-    def __init__(self, layers, device: str) -> None:
-        self.layers, self.device, self.times, self._t = layers, device, [], 0.0
-        self.active = True
+    def __init__(self, language_model: torch.nn.Module, device: str) -> None:
+        self.language_model, self.device = language_model, device
+        self.times: list[float] = []  # seconds per decoder layer of the prefill call, in layer order
+        self.armed = False
+        self.calls = 0  # language-model calls seen so far
+        self._t = 0.0
 
     def __enter__(self):
-        def pre(module, args):
-            if self.active:
+        def arm(module, args):
+            self.armed = self.calls == 0
+
+        def disarm(module, args, output):
+            self.armed = False
+            self.calls += 1
+
+        def start(module, args):
+            if self.armed:
                 _sync(self.device)
                 self._t = time.perf_counter()
 
-        def post(module, args, output):
-            if self.active:
+        def stop(module, args, output):
+            if self.armed:
                 _sync(self.device)
                 self.times.append(time.perf_counter() - self._t)
 
-        self.handles = [
-            h
-            for layer in self.layers
-            for h in (layer.register_forward_pre_hook(pre), layer.register_forward_hook(post))
-        ]
+        lm = self.language_model
+        self.handles = [lm.register_forward_pre_hook(arm), lm.register_forward_hook(disarm, always_call=True)]
+        for layer in lm.layers:
+            self.handles += [layer.register_forward_pre_hook(start), layer.register_forward_hook(stop)]
         return self
 
     def __exit__(self, *exc):
@@ -183,7 +205,8 @@ class _LayerTimer:
 
 
 def measure_once(model, inputs: dict[str, Any], device: str, decode_tokens: int) -> dict[str, float]:
-    """One prefill (+ decode_tokens greedy steps) of `model`, timed per stage with runner.StageTimer."""
+    """One prefill (+ decode_tokens greedy steps) of `model`, timed per stage with runner.StageTimer and per
+    decoder layer of the prefill with `_LayerTimer` (hooks only)."""
     import stop_hf
     from stop_hf.patches import adapter_for
     from stop_hf.runner import StageTimer
@@ -193,29 +216,18 @@ def measure_once(model, inputs: dict[str, Any], device: str, decode_tokens: int)
     vision = adapter.vision_module(model)
     timer = StageTimer(vision, lm)
     kwargs = {k: v for k, v in inputs.items() if k != "n_video"}
-    with torch.inference_mode(), timer.measure(), _LayerTimer(lm.layers, device) as layers:
-        orig_forward = lm.forward
-
-        def forward_once(*a, **kw):  # only the prefill call is timed per layer
-            out = orig_forward(*a, **kw)
-            layers.active = False
-            return out
-
-        lm.forward = forward_once
-        try:
-            _sync(device)
-            start = time.perf_counter()
-            model.generate(
-                **kwargs,
-                max_new_tokens=decode_tokens + 1,
-                min_new_tokens=decode_tokens + 1,
-                do_sample=False,
-                pad_token_id=0,
-            )
-            _sync(device)
-            total = time.perf_counter() - start
-        finally:
-            del lm.forward
+    with torch.inference_mode(), timer.measure(), _LayerTimer(lm, device) as layers:
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(
+            **kwargs,
+            max_new_tokens=decode_tokens + 1,
+            min_new_tokens=decode_tokens + 1,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        _sync(device)
+        total = time.perf_counter() - start
     report = stop_hf.last_prune_report(model) if stop_hf.is_patched(model) else []
     signal = sum(r.get("signal_seconds", 0.0) for r in report)
     prune = sum(r.get("prune_seconds", 0.0) for r in report)

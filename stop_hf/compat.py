@@ -371,6 +371,23 @@ def _rotary_vision() -> None:
             raise ValueError(f"{model_type} apply_rotary_pos_emb_vision(q, k, cos=1, sin=0) is not (q, k)")
 
 
+def _pruned_lm_kwargs() -> None:
+    import importlib
+
+    for adapter in _registered():
+        for model_type in adapter.model_types if adapter.pruned_lm_kwargs else ():
+            module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+            text_models = [
+                v for k, v in vars(module).items() if k.endswith("TextModel") and isinstance(v, type)
+            ]
+            if not text_models:
+                raise ValueError(f"modeling_{model_type} has no *TextModel")
+            for cls in text_models:
+                missing = set(adapter.pruned_lm_kwargs) - set(inspect.signature(cls.forward).parameters)
+                if missing:
+                    raise ValueError(f"{cls.__name__}.forward no longer takes {sorted(missing)}")
+
+
 CONTRACTS: tuple[Contract, ...] = (
     Contract(
         "PreTrainedModel.from_pretrained",
@@ -423,6 +440,12 @@ CONTRACTS: tuple[Contract, ...] = (
         "vision_utils.get_vision_window_index",
         "it returns the window permutation of merge units first",
         _window_index,
+    ),
+    Contract(
+        "<model>TextModel.forward per-token multimodal kwargs",
+        "the language model takes the per-token kwargs an adapter slices (Qwen3-VL: visual_pos_masks, "
+        "deepstack_visual_embeds)",
+        _pruned_lm_kwargs,
     ),
     Contract(
         "modeling_<qwen-vl>.apply_rotary_pos_emb_vision",

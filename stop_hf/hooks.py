@@ -22,7 +22,8 @@ import functools
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,21 @@ DROPPED_FILL = float("nan")
 
 #: Name of the attribute on a KV cache that holds `{StopState.key: SequenceState}`.
 CACHE_ATTRIBUTE = "_stop_hf_sequences"
+
+#: Whether prune reports made in this context keep the pruned embeddings (see `report_embeddings`).
+_REPORT_EMBEDDINGS: ContextVar[bool] = ContextVar("stop_hf_report_embeddings", default=False)
+
+
+@contextmanager
+def report_embeddings(enabled: bool = True) -> Iterator[None]:
+    """Inside this block (this thread or asyncio task only), each prune report entry also keeps `result`: the
+    pruner's `PruneResult` with its output embeddings, a CPU copy. Outside it, reports hold CPU copies of indices
+    and scores only, so a server keeps no embeddings between requests. The masked-reference oracle needs them."""
+    token = _REPORT_EMBEDDINGS.set(enabled)
+    try:
+        yield
+    finally:
+        _REPORT_EMBEDDINGS.reset(token)
 
 
 class StopUnsupportedError(RuntimeError):
@@ -246,15 +262,35 @@ def _warn_training(state: StopState, module: torch.nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- prefill
-def _gather_positions(position_ids: torch.Tensor, row: int, src: torch.Tensor) -> torch.Tensor:
-    """(B, L) or (R, B, L) position ids -> this row's ids at `src`: (L',) or (R, L')."""
-    return position_ids[row, src] if position_ids.dim() == 2 else position_ids[:, row, src]
+@dataclass
+class Splice:
+    """The columns of a pruned prefill: row b of the pruned batch holds the prompt columns `rows_src[b]` ((L'_b,)
+    int64, in order), left-padded to `length`. Adapters slice their own per-token arguments with `gather`."""
+
+    rows_src: list[torch.Tensor]
+    length: int
+
+    def gather(self, values: torch.Tensor, fill: Any) -> torch.Tensor:
+        """(B, L, ...) in prompt columns -> (B, L', ...) in pruned columns, `fill` in the left padding."""
+        return _left_pad(
+            [values[b, src.to(values.device)] for b, src in enumerate(self.rows_src)], self.length, fill
+        )
+
+
+def _left_pad(rows: list[torch.Tensor], length: int, fill: Any) -> torch.Tensor:
+    """Per-row (n_b, ...) tensors -> (B, length, ...), each row right-aligned after `fill`."""
+    out = rows[0].new_full((len(rows), length, *rows[0].shape[1:]), fill)
+    for b, row in enumerate(rows):
+        out[b, length - row.shape[0] :] = row
+    return out
 
 
 def _match_videos(
     row_embeds: torch.Tensor, video_positions: torch.Tensor, videos: list[VideoRecord]
-) -> list[tuple[VideoRecord, int]]:
-    """Splits one row's video positions into encoded videos by content. Returns (record, start position) pairs."""
+) -> list[tuple[VideoRecord, torch.Tensor]]:
+    """Splits one row's video positions into encoded videos by content. Returns (record, positions) pairs:
+    `positions` (num_tokens,) are the sequence positions of the record's tokens, in order. A video's frames may be
+    separated by text (Qwen3-VL's timestamped groups), but each frame's tokens are one contiguous run."""
     found, cursor, total = [], 0, video_positions.numel()
     while cursor < total:
         remaining = total - cursor
@@ -262,11 +298,11 @@ def _match_videos(
             n = record.num_tokens
             if n > remaining:
                 continue
-            span = video_positions[cursor : cursor + n]
-            if int(span[-1] - span[0]) + 1 != n:
+            positions = video_positions[cursor : cursor + n]
+            if not _frames_contiguous(positions, record):
                 continue
-            if torch.equal(row_embeds[span], record.features.to(row_embeds.device, row_embeds.dtype)):
-                found.append((record, int(span[0])))
+            if torch.equal(row_embeds[positions], record.features.to(row_embeds.device, row_embeds.dtype)):
+                found.append((record, positions))
                 cursor += n
                 break
         else:
@@ -287,6 +323,67 @@ def _match_videos(
     return found
 
 
+def _frames_contiguous(positions: torch.Tensor, record: VideoRecord) -> bool:
+    """Each frame's grid tokens, and the trailing tokens after the last frame, sit in one contiguous run."""
+    grid = positions[: record.grid_tokens].view(record.frames, -1)
+    runs = [grid, positions[record.grid_tokens - 1 :][None]]
+    return all(bool((run[:, 1:] - run[:, :-1] == 1).all()) for run in runs if run.shape[1] > 1)
+
+
+def resolve_position_mode(state: StopState, positions: torch.Tensor) -> str:
+    """The configured position mode, `auto` resolved by the architecture's reference policy."""
+    mode = state.config.position_mode
+    if mode == "auto":
+        mode = state.adapter.default_position_mode(state.config.method)
+    if mode == "compact" and positions.dim() == 3:
+        raise StopUnsupportedError(
+            f"stop_config.position_mode='compact' is not supported for {state.adapter.name} (3-D mRoPE positions); "
+            "allowed: auto, original"
+        )
+    return mode
+
+
+def splice_row(
+    row_embeds: torch.Tensor,
+    row_real: torch.Tensor,
+    placed: list[tuple[torch.Tensor, PruneResult]],
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's pruned sequence: (src (L'_b,) prompt column of every emitted token, embeds (L'_b, D)).
+
+    `placed`: per video, its grid tokens' positions and its pruning result. Every other column is kept as is,
+    except the row's padding. `original` emits a video's tokens in representative order, each at its
+    representative's column; `compact` emits them as one block, in the pruner's order, where the video starts.
+    """
+    device = row_embeds.device
+    fixed = torch.ones(row_embeds.shape[0], dtype=torch.bool, device=device)
+    keys, sources, values = [], [], []
+    for grid_positions, result in placed:
+        fixed[grid_positions] = False
+        order, out = result.index.to(device), result.embeds
+        if mode == "original":
+            order, perm = torch.sort(order, stable=True)
+            out = out[perm.to(out.device)]
+            chosen = grid_positions[order]
+            keys.append(chosen)
+        else:
+            if int(grid_positions[-1] - grid_positions[0]) + 1 != grid_positions.numel():
+                raise StopUnsupportedError(
+                    "stop_config.position_mode='compact' needs each video's tokens in one contiguous run; this "
+                    "prompt separates them by text. Allowed here: position_mode auto or original"
+                )
+            chosen = grid_positions[order]
+            keys.append(grid_positions[:1].expand_as(chosen))  # the whole block sorts where the video starts
+        sources.append(chosen)
+        values.append(out.to(device, row_embeds.dtype))
+    kept = fixed.nonzero().squeeze(-1)
+    perm = torch.argsort(torch.cat([kept, *keys]), stable=True)
+    src = torch.cat([kept, *sources])[perm]
+    embeds = torch.cat([row_embeds[kept], *values])[perm]
+    is_real = row_real[src]  # the row's original padding is dropped
+    return src[is_real], embeds[is_real]
+
+
 def _compact(positions: torch.Tensor) -> torch.Tensor:
     """Sequential 1-D positions over a row of real tokens, starting at its first token's position."""
     if positions.numel() == 0:
@@ -294,13 +391,42 @@ def _compact(positions: torch.Tensor) -> torch.Tensor:
     return positions[0] + torch.arange(positions.numel(), device=positions.device, dtype=positions.dtype)
 
 
+def _pruned_positions(positions: torch.Tensor, splice: Splice, mode: str) -> torch.Tensor:
+    """(B, L) or (R, B, L) prompt position ids -> the pruned sequence's ids (HF fills padded slots with 1)."""
+    if positions.dim() == 3:
+        return torch.stack([splice.gather(rows, 1) for rows in positions])
+    rows = [positions[b, src.to(positions.device)] for b, src in enumerate(splice.rows_src)]
+    if mode == "compact":
+        rows = [_compact(row) for row in rows]
+    return _left_pad(rows, splice.length, 1)
+
+
+def _sequence_state(
+    positions: torch.Tensor, new_positions: torch.Tensor, real: torch.Tensor, new_mask: torch.Tensor
+) -> SequenceState:
+    """What the decode steps of this pruned prefill need (see `SequenceState`)."""
+    last_original = positions[:, -1] if positions.dim() == 2 else positions[0, :, -1]
+    last_emitted = new_positions[:, -1] if positions.dim() == 2 else new_positions[0, :, -1]
+    next_mrope = None
+    if positions.dim() == 3:
+        mrope = positions[-3:].masked_fill(~real[None], torch.iinfo(positions.dtype).min)
+        next_mrope = mrope.amax(dim=(0, 2)) + 1
+    return SequenceState(
+        original_length=positions.shape[-1],
+        pruned_length=new_mask.shape[1],
+        prefill_mask=new_mask,
+        position_offset=last_original - last_emitted,
+        last_position=last_emitted,
+        next_mrope_position=next_mrope,
+    )
+
+
 def prune_prefill(
     state: StopState, video_mask: torch.Tensor, videos: list[VideoRecord], kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], PrefillMap, SequenceState, list[dict[str, Any]]]:
-    """Rewrites the LM kwargs of a prefill: prunes every video, splices, positions, mask.
-
-    Every row drops its original padding; rows are left-padded to the longest kept row only.
-    """
+    """Rewrites the LM kwargs of a prefill: prunes every video (once, however many rows hold it), splices each row,
+    re-pads, and derives the decode state. Every row drops its original padding; rows are left-padded to the longest
+    kept row only."""
     embeds: torch.Tensor = kwargs["inputs_embeds"]
     batch, length, _ = embeds.shape
     device = embeds.device
@@ -316,93 +442,40 @@ def prune_prefill(
     positions = kwargs.get("position_ids")
     if positions is None:
         positions = torch.arange(length, device=device)[None].expand(batch, length)
-    mode = state.config.position_mode
-    if mode == "auto":
-        mode = state.adapter.default_position_mode(state.config.method)
-    if mode == "compact" and positions.dim() == 3:
-        raise StopUnsupportedError(
-            f"stop_config.position_mode='compact' is not supported for {state.adapter.name} (3-D mRoPE positions); "
-            "allowed: auto, original"
-        )
+    mode = resolve_position_mode(state, positions)
 
-    rows_embeds, rows_src, rows_pos = [], [], []
     results: dict[int, tuple[PruneResult, dict[str, Any]]] = {}
     report: list[dict[str, Any]] = []
+    rows_src, rows_embeds = [], []
     for b in range(batch):
-        video_positions = video_mask[b].nonzero().squeeze(-1)
-        pieces_embeds, pieces_src, previous = [], [], 0
-        for record, start in _match_videos(embeds[b], video_positions, videos):
+        placed = []
+        for record, video_positions in _match_videos(embeds[b], video_mask[b].nonzero().squeeze(-1), videos):
+            grid_positions = video_positions[: record.grid_tokens]
             if id(record) not in results:
-                results[id(record)] = _run_pruner(
-                    state, record, embeds[b, start : start + record.grid_tokens]
-                )
+                results[id(record)] = _run_pruner(state, record, embeds[b, grid_positions])
                 report.append(results[id(record)][1])
             result, entry = results[id(record)]
-            entry["placements"].append((b, start))
-            order = result.index
-            out_embeds = result.embeds
-            if mode == "original":
-                order, perm = torch.sort(order, stable=True)
-                out_embeds = out_embeds[perm]
-            grid_end, video_end = start + record.grid_tokens, start + record.num_tokens
-            pieces_embeds += [
-                embeds[b, previous:start],
-                out_embeds.to(embeds.dtype),
-                embeds[b, grid_end:video_end],
-            ]
-            pieces_src += [
-                torch.arange(previous, start, device=device),
-                start + order.to(device),
-                torch.arange(grid_end, video_end, device=device),
-            ]
-            previous = video_end
-        pieces_embeds.append(embeds[b, previous:])
-        pieces_src.append(torch.arange(previous, length, device=device))
-        src = torch.cat(pieces_src)
-        is_real = real[b, src]  # the row's original padding is dropped
-        src = src[is_real]
-        row_pos = _gather_positions(positions, b, src)
-        if mode == "compact":
-            row_pos = _compact(row_pos)
-        rows_embeds.append(torch.cat(pieces_embeds)[is_real])
+            entry["placements"].append((b, int(video_positions[0])))
+            entry["positions"].append(grid_positions.detach().cpu())
+            placed.append((grid_positions, result))
+        src, row_embeds = splice_row(embeds[b], real[b], placed, mode)
         rows_src.append(src)
-        rows_pos.append(row_pos)
+        rows_embeds.append(row_embeds)
 
-    counts = [r.shape[0] for r in rows_embeds]
-    new_length = max(max(counts), 1)
-    new_embeds = embeds.new_zeros(batch, new_length, embeds.shape[-1])
-    new_mask = mask.new_zeros(batch, new_length)
-    pos_shape = (batch, new_length) if positions.dim() == 2 else (positions.shape[0], batch, new_length)
-    new_pos = positions.new_ones(pos_shape)  # HF fills padded slots with 1
-    for b, n in enumerate(counts):
-        columns = slice(new_length - n, new_length)  # left re-pad to the longest kept row
-        new_embeds[b, columns] = rows_embeds[b]
-        new_mask[b, columns] = 1
-        if positions.dim() == 2:
-            new_pos[b, columns] = rows_pos[b]
-        else:
-            new_pos[:, b, columns] = rows_pos[b]
-
-    last_original = positions[:, -1] if positions.dim() == 2 else positions[0, :, -1]
-    last_emitted = new_pos[:, -1] if positions.dim() == 2 else new_pos[0, :, -1]
-    next_mrope = None
-    if positions.dim() == 3:
-        mrope = positions[-3:].masked_fill(~real[None], torch.iinfo(positions.dtype).min)
-        next_mrope = mrope.amax(dim=(0, 2)) + 1
-    sequence = SequenceState(
-        original_length=length,
-        pruned_length=new_length,
-        prefill_mask=new_mask,
-        position_offset=last_original - last_emitted,
-        last_position=last_emitted,
-        next_mrope_position=next_mrope,
-    )
-    prefill_map = _prefill_map(rows_src, length, new_length)
-    for entry in report:  # the PruneResult's tensors were only needed for splicing: keep CPU copies
-        entry["result"] = _to_cpu(entry["result"])
-    kwargs["inputs_embeds"] = new_embeds
+    splice = Splice(rows_src, max(max(src.numel() for src in rows_src), 1))
+    new_mask = _left_pad([mask[b, src] for b, src in enumerate(rows_src)], splice.length, 0)
+    new_positions = _pruned_positions(positions, splice, mode)
+    kwargs["inputs_embeds"] = _left_pad(rows_embeds, splice.length, 0)
     kwargs["attention_mask"] = new_mask
-    kwargs["position_ids"] = new_pos
+    kwargs["position_ids"] = new_positions
+    kwargs = state.adapter.prune_lm_kwargs(kwargs, splice)
+    sequence = _sequence_state(positions, new_positions, real, new_mask)
+    prefill_map = _prefill_map(rows_src, length, splice.length)
+    keep_embeddings = _REPORT_EMBEDDINGS.get()
+    for entry in report:  # the PruneResult was only needed for splicing: a CPU copy only when asked for
+        result = entry.pop("result")
+        if keep_embeddings:
+            entry["result"] = _to_cpu(result)
     return kwargs, prefill_map, sequence, report
 
 
@@ -474,6 +547,7 @@ def _run_pruner(
         "signal_seconds": record.signal_seconds,
         "prune_seconds": seconds,
         "placements": [],  # (batch row, sequence start) of every occurrence of this video
+        "positions": [],  # per placement, the (grid_tokens,) sequence positions of its grid tokens
         "result": result,
     }
     return result, entry
@@ -650,6 +724,7 @@ def top_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module,
     state.call.set(call)
     if state.config.is_identity or not _has_video(kwargs):
         return None
+    state.adapter.check_video_call(kwargs)
     call.labels = kwargs.pop("labels", None)
     call.shift_labels = kwargs.pop("shift_labels", None)
     if not _safe_logits_to_keep(kwargs, video_token_id):

@@ -166,7 +166,9 @@ def get_stop_config(model: Any) -> StopConfig | None:
 def last_prune_report(model: Any) -> list[dict[str, Any]]:
     """The calling thread's (or asyncio task's) last prefill on this model, one entry per video: frames, grid, tokens
     before/after, kept `index` (flat t*N+n), `kind`, method `info` (sink score, windows, segments, assignment), the
-    saliency `attention`, timings, and `placements` (batch row, start) -- all CPU tensors.
+    saliency `attention`, timings, `placements` (batch row, start) and `positions` (the sequence positions of each
+    placement's grid tokens) -- all CPU tensors. Inside `with stop_hf.report_embeddings():` each entry also has
+    `result`, the pruner's output (embeddings included, a CPU copy).
 
     An empty list means the last prefill pruned nothing (a text-only call, or an identity config); decode steps
     leave the report of their prefill in place. Other threads' calls never change what this returns.

@@ -60,27 +60,9 @@ class VideoClip:
 
 def read_clip(clip: VideoClip, num_frames: int) -> tuple[np.ndarray, float | None, int]:
     """(frames (T, H, W, 3) uint8, the file's fps or None, frames inside the window) for a `VideoClip`."""
-    import av
+    from .video import read_window
 
-    path = Path(clip.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
-    start = clip.start if clip.start is not None else float("-inf")
-    end = clip.end if clip.end is not None else float("inf")
-    inside = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or None
-            for frame in container.decode(video=0):
-                if frame.time is None or start <= frame.time <= end:
-                    inside.append(frame.to_ndarray(format="rgb24"))
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise ValueError(f"video file {str(path)!r} could not be decoded: {exc}") from None
-    if not inside:
-        raise ValueError(f"video file {str(path)!r} has no frames in the window [{clip.start}, {clip.end}] s")
-    picks = np.linspace(0, len(inside) - 1, num=min(num_frames, len(inside))).round().astype(int)
-    return np.stack([inside[i] for i in picks]), fps, len(inside)
+    return read_window(clip.path, num_frames, clip.start, clip.end)
 
 
 class StageTimer:
@@ -182,7 +164,7 @@ class VideoLLM:
         dtype: str | torch.dtype | None = None,
     ):
         """The embedded tiny random model (no download), loaded through the real from_pretrained path."""
-        from .testing import tiny_checkpoint
+        from .tiny import tiny_checkpoint
 
         return cls.from_pretrained(
             tiny_checkpoint(arch), stop_config=stop_config, device=device, dtype=dtype, num_frames=num_frames
@@ -337,20 +319,9 @@ def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:
     """
     from PIL import Image
 
-    from .video import read_video
-
-    if isinstance(video, VideoClip):
-        frames, video_fps, total = read_clip(video, num_frames)
-        sample_fps = 2.0 if video_fps is None else len(frames) / max(total, 1) * video_fps
-        raw_fps = video_fps or sample_fps
-    elif isinstance(video, (str, Path)):
-        import av
-
-        frames = read_video(video, num_frames)
-        with av.open(str(video)) as container:
-            stream = container.streams.video[0]
-            video_fps = float(stream.average_rate or stream.guessed_rate or 0) or None
-            total = stream.frames or sum(1 for _ in container.decode(video=0))
+    if isinstance(video, (VideoClip, str, Path)):  # a file is the clip of its whole length: decoded once
+        clip = video if isinstance(video, VideoClip) else VideoClip(video)
+        frames, video_fps, total = read_clip(clip, num_frames)
         sample_fps = 2.0 if video_fps is None else len(frames) / max(total, 1) * video_fps
         raw_fps = video_fps or sample_fps
     else:

@@ -197,6 +197,36 @@ def save_head(tensors: dict[str, torch.Tensor], path: str | os.PathLike, source:
     return path
 
 
+def save_random_siglip_head(
+    folder: str | os.PathLike, hidden_size: int, intermediate_size: int, seed: int = 0
+) -> Path:
+    """A random MAP head (+ post_layernorm) of the given width as its own checkpoint `folder/model.safetensors`, for
+    benchmarks of models with random weights (the head's cost is part of FastVID's signal cost). Returns the folder."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.02
+
+    h, i = hidden_size, intermediate_size
+    tensors = {
+        "head.probe": torch.randn(1, 1, h, generator=g),
+        "head.attention.in_proj_weight": rand(3 * h, h),
+        "head.attention.in_proj_bias": torch.zeros(3 * h),
+        "head.attention.out_proj.weight": rand(h, h),
+        "head.attention.out_proj.bias": torch.zeros(h),
+        "head.layernorm.weight": torch.ones(h),
+        "head.layernorm.bias": torch.zeros(h),
+        "head.mlp.fc1.weight": rand(i, h),
+        "head.mlp.fc1.bias": torch.zeros(i),
+        "head.mlp.fc2.weight": rand(h, i),
+        "head.mlp.fc2.bias": torch.zeros(h),
+        "post_layernorm.weight": torch.ones(h),
+        "post_layernorm.bias": torch.zeros(h),
+    }
+    save_head(tensors, Path(folder) / "model.safetensors", source="random")
+    return Path(folder)
+
+
 def resolve_head_file(source: str, revision: str | None = None) -> Path:
     """A local safetensors file that holds the head of `source` (a file, a folder, or a hub repo id)."""
     path = Path(source).expanduser()

@@ -17,6 +17,14 @@ from stop_hf.testing import (
     tiny_checkpoint,
 )
 
+
+@pytest.fixture(autouse=True)
+def _report_embeddings():
+    """Tests compare against the masked reference, which needs the pruned embeddings in the report."""
+    with stop_hf.report_embeddings():
+        yield
+
+
 LLAVA_PROMPT = "<|im_start|>user\n<video>what happens in the video ?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -99,3 +107,27 @@ def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
     for b, expected in enumerate(rows):
         assert (pruned[b][keep[b]] - expected).abs().max() <= tolerance
     return report
+
+
+def spy_pruner(model) -> list:
+    """Spies on the patched model's pruner: returns the list its PruneInputs are appended to."""
+    state = model._stop_state
+    seen, pruner = [], state.pruner
+
+    class Spy:
+        needs = pruner.needs
+
+        def __call__(self, x):
+            seen.append(x)
+            return pruner(x)
+
+    state.pruner = Spy()
+    return seen
+
+
+def prune_inputs(model, inputs) -> list:
+    """The PruneInputs the patched model hands its pruner for `inputs` (one forward)."""
+    seen = spy_pruner(model)
+    with torch.no_grad():
+        model(**inputs)
+    return seen

@@ -17,12 +17,22 @@ import stop_hf
 from stop_hf import StopUnsupportedError, compat
 from stop_hf.testing import (
     build_processor,
+    kept_logits,
+    masked_reference_logits,
     synthetic_frames,
     tiny_checkpoint,
 )
 from stop_hf.testing.reference import identical
 
 QUESTION = "what happens in the video ?"
+#: (architecture, position_mode) for the generate-mode tests: compact renumbering only where the LLM has 1-D positions
+POSITION_MODES = [
+    (name, mode)
+    for name, cls in ARCHITECTURES.items()
+    for mode in (("original", "compact") if cls.positions_1d else ("original",))
+]
+WITH_1D_POSITIONS = [name for name, cls in ARCHITECTURES.items() if cls.positions_1d]
+WITHOUT_1D_POSITIONS = [name for name, cls in ARCHITECTURES.items() if not cls.positions_1d]
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
@@ -93,6 +103,7 @@ def test_unpatch_restores_bit_identical(model, reference, inputs):
     stop_hf.patch(model, {"method": "visionzip", "retention": 0.1, "sink": True})
     assert not computed(logits_of(model, inputs)).all()
     stop_hf.unpatch(model)
+    assert not stop_hf.is_patched(model) and not hasattr(model.config, "stop_config")
     assert compat.VIDEO_FEATURES_METHOD not in vars(model.model)
     assert hook_counts(model) == hook_counts(reference)  # every stop_hf hook removed
     assert torch.equal(logits_of(model, inputs), logits_of(reference, inputs))
@@ -131,9 +142,26 @@ def test_paper_methods_end_to_end(model, reference, inputs, method, sink):
     assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
 
 
+@pytest.mark.parametrize("arch", WITH_1D_POSITIONS, indirect=True)
+def test_masked_reference_detects_compact_positions(model, reference, inputs):
+    """The oracle is sharp: compact positions (a different, valid policy) do not match original positions."""
+    stop_hf.patch(model, {"method": "uniform", "retention": 0.5, "position_mode": "compact"})
+    pruned = logits_of(model, inputs)
+    expected, keep = masked_reference_logits(reference, inputs, stop_hf.last_prune_report(model))
+    assert (pruned[0][keep[0]] - kept_logits(expected, keep)[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", WITHOUT_1D_POSITIONS, indirect=True)
+def test_compact_positions_are_refused_without_1d_positions(model, inputs):
+    stop_hf.patch(model, {"method": "uniform", "retention": 0.5, "position_mode": "compact"})
+    with pytest.raises(StopUnsupportedError, match="compact"):
+        logits_of(model, inputs)
+
+
 @pytest.mark.parametrize("retention", [0.5, 0.1])
-def test_greedy_generate_equals_manual_loop(model, inputs, retention):
-    stop_hf.patch(model, {"method": "uniform", "retention": retention})
+@pytest.mark.parametrize(("arch", "mode"), POSITION_MODES, indirect=["arch"])
+def test_greedy_generate_equals_manual_loop(model, inputs, retention, mode):
+    stop_hf.patch(model, {"method": "uniform", "retention": retention, "position_mode": mode})
     with torch.no_grad():
         out = model.generate(
             **inputs, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True
@@ -157,8 +185,11 @@ def teacher_forced_log_prob(model, inputs, tokens):
     return total
 
 
-def test_beam_search_score_equals_teacher_forced_decode(model, inputs):
-    stop_hf.patch(model, {"method": "uniform", "retention": 0.1})
+@pytest.mark.parametrize(("arch", "mode"), POSITION_MODES, indirect=["arch"])
+def test_beam_search_score_equals_teacher_forced_decode(model, inputs, mode):
+    """The best beam's score is the sum of its token log-probs (length_penalty 0): recomputing them with a plain
+    decode loop checks the cache reordering, mask translation and positions of every beam step."""
+    stop_hf.patch(model, {"method": "uniform", "retention": 0.1, "position_mode": mode})
     kwargs = dict(max_new_tokens=4, min_new_tokens=4, num_beams=3, length_penalty=0.0, do_sample=False)
     with torch.no_grad():
         out = model.generate(**inputs, output_scores=True, return_dict_in_generate=True, **kwargs)
@@ -168,9 +199,39 @@ def test_beam_search_score_equals_teacher_forced_decode(model, inputs):
     assert abs(float(out.sequences_scores[0]) - float(expected)) <= 1e-4
 
 
-def test_generate_without_cache_equals_cached(model, inputs):
-    stop_hf.patch(model, {"method": "uniform", "retention": 0.1})
+@pytest.mark.parametrize(("arch", "mode"), POSITION_MODES, indirect=["arch"])
+def test_generate_without_cache_equals_cached(model, inputs, mode):
+    """use_cache=False re-runs (and re-prunes) the whole sequence at every step."""
+    stop_hf.patch(model, {"method": "uniform", "retention": 0.1, "position_mode": mode})
     assert torch.equal(greedy(model, inputs), greedy(model, inputs, use_cache=False))
+
+
+def test_forward_without_cache_equals_cached(model, inputs):
+    stop_hf.patch(model, {"method": "uniform", "retention": 0.5})
+    with torch.no_grad():
+        cached = model(**inputs).logits
+        uncached = model(**inputs, use_cache=False).logits
+    assert torch.equal(computed(cached), computed(uncached))
+    assert (cached - uncached).nan_to_num().abs().max() <= 1e-5
+
+
+def test_sampling_with_two_return_sequences(model, inputs):
+    stop_hf.patch(model, {"method": "uniform", "retention": 0.1})
+    last = logits_of(model, inputs)[:, -1]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=3,
+            do_sample=True,
+            num_return_sequences=2,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    length = inputs["input_ids"].shape[1]
+    assert out.sequences.shape == (2, length + 3)
+    assert torch.equal(out.sequences[:, :length], inputs["input_ids"].repeat(2, 1))
+    assert (out.logits[0] - last).abs().max() <= 1e-5  # both rows' first step is the prompt's last logits
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -194,22 +255,45 @@ def test_batch_with_left_padding_and_different_kept_counts(arch, model, referenc
 
 
 # ------------------------------------------------------------------------------------------------ isolation
-def test_two_models_and_a_deepcopy_do_not_affect_each_other(reference, inputs):
+def test_two_models_and_a_deepcopy_do_not_affect_each_other(arch, reference, inputs):
     model_a, model_b = copy.deepcopy(reference), copy.deepcopy(reference)
     stop_hf.patch(model_a, {"method": "visionzip", "retention": 0.5})
     stop_hf.patch(model_b, {"method": "uniform", "retention": 0.1})
     first_a, first_b = logits_of(model_a, inputs), logits_of(model_b, inputs)
     assert computed(first_a).sum() != computed(first_b).sum()
     assert identical(logits_of(model_a, inputs), first_a)
+    assert identical(logits_of(model_b, inputs), first_b)
+    assert model_a.config.stop_config["retention"] == 0.5 and model_b.config.stop_config["retention"] == 0.1
+    # patching is per instance: the unpatched model's modules carry no wrapper
+    assert not any(compat.VIDEO_FEATURES_METHOD in vars(module) for module in reference.modules())
     clone = copy.deepcopy(model_a)
     assert stop_hf.get_stop_config(clone) == stop_hf.get_stop_config(model_a)
     assert identical(logits_of(clone, inputs), first_a)
+    # the copy owns its hooks: it encodes with its own (here: changed) vision tower, its report is its own call's
+    with torch.no_grad():
+        for param in architecture(arch).vision_module(clone).parameters():
+            param.mul_(0.5)
+    changed = logits_of(clone, inputs)
+    (entry,) = stop_hf.last_prune_report(clone)
+    assert entry["attention"] is not None and not identical(changed, first_a)
+    length, dropped = inputs["input_ids"].shape[1], entry["tokens_before"] - entry["tokens_after"]
+    assert computed(changed).sum() == computed(first_a).sum() == length - dropped
     assert identical(logits_of(model_a, inputs), first_a)
+    stop_hf.unpatch(clone)
+    assert computed(logits_of(clone, inputs)).all() and stop_hf.is_patched(model_a)
     assert computed(logits_of(reference, inputs)).all()
 
 
-def test_deterministic_across_runs(model, inputs):
-    stop_hf.patch(model, {"method": "holitom", "retention": 0.25, "sink": True})
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"method": "holitom", "retention": 0.25, "sink": True},
+        {"method": "random", "retention": 0.2, "params": {"seed": 7}},
+    ],
+    ids=["holitom", "random"],
+)
+def test_deterministic_across_runs(model, inputs, config):
+    stop_hf.patch(model, config)
     assert identical(logits_of(model, inputs), logits_of(model, inputs))
 
 
@@ -219,8 +303,10 @@ def test_from_pretrained_kwarg_auto_class_and_save_reload(arch, checkpoint, inpu
 
     cls = compat.model_class(architecture(arch).model_class)
     assert not stop_hf.is_patched(cls.from_pretrained(checkpoint))
+    direct = cls.from_pretrained(checkpoint, stop_config={"method": "uniform", "retention": 0.5})
+    assert stop_hf.get_stop_config(direct).retention == 0.5
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, stop_config="uniform_r25").eval()
-    assert type(model) is cls and stop_hf.is_patched(model)
+    assert type(model) is cls and stop_hf.get_stop_config(model).retention == 0.25
     expected = logits_of(model, inputs)
     assert not computed(expected).all()
     model.save_pretrained(tmp_path)
@@ -253,7 +339,79 @@ def test_unsupported_generate_modes_are_refused(model, inputs, kwargs, message):
         greedy(model, inputs, n=2, **kwargs)
 
 
+def test_labels_work_when_not_pruning(model, inputs):
+    stop_hf.patch(model, {"method": "none"})
+    assert model(**inputs, labels=inputs["input_ids"]).loss is not None
+
+
+def test_prune_images_is_refused_clearly(model):
+    with pytest.raises(NotImplementedError, match="prune_images"):
+        stop_hf.patch(model, {"method": "uniform", "retention": 0.5, "prune_images": True})
+    assert not stop_hf.is_patched(model)
+
+
 def test_saliency_layer_out_of_range_is_named(model):
     with pytest.raises(ValueError, match="saliency_layer=99 is out of range"):
         stop_hf.patch(model, {"method": "visionzip", "retention": 0.25, "saliency_layer": 99})
     assert not stop_hf.is_patched(model)
+
+
+# ------------------------------------------------------------------------------------------------ state hygiene
+def _reachable_tensors(roots) -> list[torch.Tensor]:
+    """Every tensor reachable from `roots` through object references, parameters and buffers excepted. Modules'
+    globals and classes are not followed (they hold no per-call state)."""
+    import gc
+    import types
+
+    skip = set()
+    for root in roots:
+        if isinstance(root, torch.nn.Module):
+            skip |= {id(p) for p in root.parameters()} | {id(b) for b in root.buffers()}
+    seen, stack, found = set(), list(roots), []
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in skip:
+                found.append(obj)
+            continue
+        if isinstance(obj, types.FunctionType):
+            stack.extend([obj.__closure__, obj.__defaults__, obj.__kwdefaults__, obj.__dict__])
+            continue
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+def test_after_generate_no_unpruned_video_tensor_stays_referenced(arch, model, inputs):
+    """After generate returns, nothing reachable from the model (its hooks, wrappers and state, and this thread's
+    per-call values) has the size of the unpruned video: features, signals and masks are all released; the report
+    keeps CPU copies of indices and scores only (no embeddings unless asked for with `report_embeddings`)."""
+    stop_hf.patch(model, {"method": "holitom", "retention": 0.25, "sink": True})
+    state = model._stop_state
+    with torch.no_grad(), stop_hf.report_embeddings(False):  # the default outside the test suite
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    del out
+    (entry,) = stop_hf.last_prune_report(model)
+    unpruned = entry["tokens_before"]
+    per_call = [state.encoded.get(), state.capture.get(), state.call.get(), state.report.get()]
+    tensors = _reachable_tensors([model, *per_call])
+    assert tensors, "the walk found nothing: it does not reach the model's state"
+    width = model.config.get_text_config().hidden_size
+    # the report's CPU index maps (kept positions, assignments) may be video-long; nothing else may
+    held = [
+        (tuple(t.shape), t.dtype, t.device.type)
+        for t in tensors
+        if (unpruned in t.shape and (t.is_floating_point() or t.device.type != "cpu"))
+        or t.numel() >= unpruned * width
+    ]
+    assert not held, f"tensors of the unpruned video's size stay referenced: {held}"
+    assert "result" not in entry and entry["index"].device.type == "cpu"
+    with torch.no_grad(), stop_hf.report_embeddings():
+        model(**inputs)
+    (entry,) = stop_hf.last_prune_report(model)
+    assert (
+        entry["result"].embeds.device.type == "cpu"
+        and entry["result"].embeds.shape[0] == entry["index"].numel()
+    )

@@ -39,7 +39,7 @@ def test_exact_counts_gqa_and_swiglu():
     assert exact_prefill_flops(3137, LLMShape()) > fastv_flops(3137, LLMShape())
 
 
-@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 def test_exact_flops_match_flop_counter(arch):
     from stop_hf.patches import adapter_for
     from torch.utils.flop_counter import FlopCounterMode
@@ -133,3 +133,74 @@ def test_peak_memory_is_per_row():
     del big
     _reset_peak_memory("cpu")
     assert _peak_memory_mb("cpu") < before - 128
+
+
+def _small_model(arch: str, llm_layers: int = 2):
+    from stop_hf.bench import build_inputs
+
+    shape = ArchShape(
+        arch,
+        LLMShape(**SMALL_LLM, layers=llm_layers),
+        {"layers": 1, **SMALL_VISION},
+        SHAPES[arch].image_size,
+        SHAPES[arch].tokens_per_frame,
+    )
+    model = build_model(build_config(arch, 1, llm_layers, shape), "cpu", torch.float32)
+    return model, build_inputs(model, 2, shape.image_size, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("arch", "method"), [("llava_onevision", None), ("qwen2_5_vl", None), ("llava_onevision", "visionzip")]
+)
+def test_bench_times_the_prefill_layers_through_hooks_only(arch, method, monkeypatch):
+    """No module ever gets a `forward` instance attribute during a bench run, the per-layer times are exactly one
+    per decoder layer of the first (prefill) language-model call, and every bench hook is gone afterwards."""
+    from stop_hf.patches import adapter_for
+
+    import stop_hf
+    from stop_hf import bench
+    from stop_hf.config import StopConfig
+
+    model, inputs = _small_model(arch)
+    if method is not None:
+        stop_hf.patch(model, StopConfig(method=method, retention=0.25))
+    lm = adapter_for(model).language_model(model)
+    hooked = [lm, *lm.layers]
+    hooks_before = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in hooked]
+    timers, replaced = [], set()
+
+    class RecordingTimer(bench._LayerTimer):
+        """Records, at every decoder-layer call, its query length and whether the timer is armed."""
+
+        def __enter__(self):
+            super().__enter__()
+            timers.append(self)
+            self.layer_calls = []
+
+            def record(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self.layer_calls.append((hidden.shape[1], self.armed))
+                replaced.update(name for name, m in model.named_modules() if "forward" in vars(m))
+
+            self.handles += [
+                layer.register_forward_pre_hook(record, with_kwargs=True)
+                for layer in self.language_model.layers
+            ]
+            return self
+
+    monkeypatch.setattr(bench, "_LayerTimer", RecordingTimer)
+    decode_tokens = 2
+    result = bench.measure_once(model, inputs, "cpu", decode_tokens)
+
+    assert not replaced, f"modules with a replaced forward during the bench run: {sorted(replaced)}"
+    assert not [name for name, m in model.named_modules() if "forward" in vars(m)]
+    (timer,) = timers
+    layers = len(lm.layers)
+    prefill = result["prefill_tokens"]
+    if method is not None:  # the pruned prefill is the one timed
+        assert prefill < inputs["input_ids"].shape[1]
+    assert timer.calls == 1 + decode_tokens  # the prefill, then one call per further token
+    assert timer.layer_calls == [(prefill, True)] * layers + [(1, False)] * layers * decode_tokens
+    assert len(timer.times) == layers and all(t > 0 for t in timer.times)
+    assert result["layer_s"] == pytest.approx(sum(timer.times) / layers)
+    assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in hooked] == hooks_before

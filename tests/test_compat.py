@@ -53,6 +53,16 @@ MODULE_ATTRIBUTES = {
         "model.visual": ("blocks",),
         "model.language_model": (),
     },
+    "qwen2_vl": {
+        "model.visual.blocks.0.attn": ("qkv", "num_heads", "scaling"),
+        "model.visual": ("blocks", "merger"),
+        "model.language_model": (),
+    },
+    "qwen3_vl": {
+        "model.visual.blocks.0.attn": ("qkv", "num_heads", "scaling"),
+        "model.visual": ("blocks", "merger", "deepstack_merger_list"),
+        "model.language_model": (),
+    },
 }
 
 
@@ -74,9 +84,24 @@ def test_module_attributes_the_patches_read(arch):
         layers = compat.siglip_encoder_layers(model.model.vision_tower)
         for attribute in ("q_proj", "k_proj", "head_dim", "scale"):
             assert hasattr(layers[0].self_attn, attribute), f"SigLIP attention has no `{attribute}`"
-    else:
+    elif arch == "qwen2_5_vl":
         assert isinstance(model.config.vision_config.fullatt_block_indexes, list)
+    else:
         assert torch.is_tensor(model.model.visual.blocks[0].attn.qkv.weight)
+    if arch == "qwen3_vl":
+        assert list(model.config.vision_config.deepstack_visual_indexes) == [0, 1]
+
+
+def test_a_language_model_without_the_deepstack_kwargs_fails_naming_it(monkeypatch):
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(modeling_qwen3_vl.Qwen3VLTextModel, "forward", forward)
+    contract = next(c for c in compat.CONTRACTS if "TextModel.forward" in c.internal)
+    with pytest.raises(compat.ContractError, match="deepstack_visual_embeds"):
+        compat.require(contract)
 
 
 # ------------------------------------------------------------------------------------------------ decode inputs

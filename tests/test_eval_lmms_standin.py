@@ -74,12 +74,17 @@ def test_manifests_name_every_wrapper(plugin):
         "llava_onevision_stop": "stop_hf.eval.lmms.LlavaOneVisionStop",
         "qwen2_5_vl_stop": "stop_hf.eval.lmms.Qwen2_5_VLStop",
         "qwen2_vl_stop": "stop_hf.eval.lmms.Qwen2VLStop",
+        "qwen3_vl_stop": "stop_hf.eval.lmms.Qwen3VLStop",
+        "qwen3_vl_moe_stop": "stop_hf.eval.lmms.Qwen3VLMoeStop",
     }
 
 
-def test_generate_until_on_a_tiny_model(plugin, tmp_path):
-    model = plugin.LlavaOneVisionStop(
-        pretrained="tiny-llava_onevision", stop_config="visionzip_stop_r10", max_frames_num="4"
+@pytest.mark.parametrize(
+    ("wrapper", "arch"), [("LlavaOneVisionStop", "llava_onevision"), ("Qwen3VLStop", "qwen3_vl")]
+)
+def test_generate_until_on_a_tiny_model(plugin, tmp_path, wrapper, arch):
+    model = getattr(plugin, wrapper)(
+        pretrained=f"tiny-{arch}", stop_config="visionzip_stop_r10", max_frames_num="4"
     )
     video = str(write_video(tmp_path / "v.mp4", num_frames=4, height=96, width=128))
     model.task_dict = {"toy": {"test": [{"video": video}, {"frames": list(synthetic_frames(4, 96, 128))}]}}

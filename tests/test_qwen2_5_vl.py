@@ -1,6 +1,7 @@
-"""Qwen2.5-VL end to end on the tiny model (patch 14, merge 2, temporal patch 2, window + full-attention blocks):
-invariants, 3-D positions and rope_deltas, the recomputed vision attention, generate modes, several videos, images,
-the qwen-vl-utils processor path, bad inputs and every paper method."""
+"""Qwen2.5-VL specifics on the tiny model (patch 14, merge 2, temporal patch 2, window + full-attention blocks); the
+shared invariants and every paper method run in tests/test_architectures.py. Here: the pruner's geometry, 3-D
+positions and rope_deltas, the recomputed vision attention, batches of different grids, several videos, images, the
+qwen-vl-utils processor path and bad inputs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,18 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_matches_reference, clip, computed, greedy, logits_of, manual_greedy_logits
+from conftest import (
+    assert_matches_reference,
+    clip,
+    computed,
+    greedy,
+    logits_of,
+    manual_greedy_logits,
+    spy_pruner,
+)
 
 import stop_hf
-from stop_hf import StopUnsupportedError, compat
+from stop_hf import compat
 from stop_hf.testing import (
     build_processor,
     kept_logits,
@@ -20,7 +29,6 @@ from stop_hf.testing import (
     tiny_checkpoint,
     write_video,
 )
-from stop_hf.testing.reference import identical
 
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -83,42 +91,15 @@ def qwen_inputs(qwen_processor):
     )  # grid (4, 20, 28): non-square 10x14 tokens
 
 
-def pruner_inputs(model):
-    """Spies on the patched model's pruner: returns the list its PruneInputs are appended to."""
-    state = model._stop_state
-    seen, pruner = [], state.pruner
-
-    class Spy:
-        needs = pruner.needs
-
-        def __call__(self, x):
-            seen.append(x)
-            return pruner(x)
-
-    state.pruner = Spy()
-    return seen
-
-
-def test_unpatch_restores_bit_identical(qwen_model, qwen_reference, qwen_inputs):
-    stop_hf.patch(qwen_model, {"method": "visionzip", "retention": 0.1, "sink": True})
-    assert not computed(logits_of(qwen_model, qwen_inputs)).all()
-    stop_hf.unpatch(qwen_model)
-    assert "get_video_features" not in vars(qwen_model.model)
-    assert not any(block.attn._forward_pre_hooks for block in qwen_model.model.visual.blocks)
-    assert torch.equal(logits_of(qwen_model, qwen_inputs), logits_of(qwen_reference, qwen_inputs))
-    assert torch.equal(greedy(qwen_model, qwen_inputs), greedy(qwen_reference, qwen_inputs))
-
-
 # ------------------------------------------------------------------------------------------------ positions
-@pytest.mark.parametrize("retention", [0.5, 0.1])
-def test_pruned_prefill_equals_masked_reference_at_3d_positions(
-    qwen_model, qwen_reference, qwen_inputs, retention
-):
-    stop_hf.patch(qwen_model, {"method": "uniform", "retention": retention})
-    report = assert_matches_reference(qwen_model, qwen_reference, qwen_inputs)
-    assert report[0]["frames"] == 4 and report[0]["grid"] == (10, 14)  # T = grid_t, grid = (h/2, w/2)
-    assert report[0]["tokens_before"] == 560
-    assert report[0]["tokens_after"] == 4 * round(140 * retention)
+def test_report_geometry_is_temporal_patches_of_merge_units(qwen_model, qwen_inputs):
+    """The pruner's view of a non-square video: T = grid_t, grid = (h/2, w/2) in raster order."""
+    for retention in (0.5, 0.1):
+        stop_hf.patch(qwen_model, {"method": "uniform", "retention": retention})
+        logits_of(qwen_model, qwen_inputs)
+        (entry,) = stop_hf.last_prune_report(qwen_model)
+        assert entry["frames"] == 4 and entry["grid"] == (10, 14)
+        assert entry["tokens_before"] == 560 and entry["tokens_after"] == 4 * round(140 * retention)
 
 
 def test_manual_loops_do_not_share_rope_deltas(qwen_model, qwen_reference, qwen_processor, qwen_inputs):
@@ -147,12 +128,6 @@ def test_manual_loops_do_not_share_rope_deltas(qwen_model, qwen_reference, qwen_
     for i in range(2):
         assert (torch.stack(steps[i], dim=1) - expected[i]).abs().max() <= 1e-5
     assert not torch.equal(unpatched_deltas, qwen_reference.model.rope_deltas)  # the two prompts differ
-
-
-def test_compact_positions_are_refused_for_mrope(qwen_model, qwen_inputs):
-    stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.5, "position_mode": "compact"})
-    with pytest.raises(StopUnsupportedError, match="compact"):
-        logits_of(qwen_model, qwen_inputs)
 
 
 # ------------------------------------------------------------------------------------------------ signals
@@ -192,7 +167,7 @@ def test_recomputed_attention_matches_eager(qwen_model, qwen_reference, qwen_inp
             handle.remove()
 
     stop_hf.patch(qwen_model, {"method": "visionzip", "retention": 0.2, "saliency_layer": block})
-    pruned = pruner_inputs(qwen_model)
+    pruned = spy_pruner(qwen_model)
     logits_of(qwen_model, qwen_inputs)
     record = pruned[0]
 
@@ -261,7 +236,7 @@ def test_global_features_are_per_temporal_patch_means(qwen_model, qwen_reference
             qwen_inputs["pixel_values_videos"], qwen_inputs["video_grid_thw"], return_dict=True
         )
     stop_hf.patch(qwen_model, {"method": "fastvid", "retention": 0.2})
-    seen = pruner_inputs(qwen_model)
+    seen = spy_pruner(qwen_model)
     logits_of(qwen_model, qwen_inputs)
     record = seen[0]
     # window order stays inside a temporal patch, so the mean over each run of h*w rows is order-free
@@ -269,32 +244,7 @@ def test_global_features_are_per_temporal_patch_means(qwen_model, qwen_reference
     assert (record.global_features - expected).abs().max() <= 1e-5
 
 
-# ------------------------------------------------------------------------------------------------ generate modes
-def test_sampling_with_two_return_sequences(qwen_model, qwen_inputs):
-    stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.1})
-    last = logits_of(qwen_model, qwen_inputs)[:, -1]
-    torch.manual_seed(0)
-    with torch.no_grad():
-        out = qwen_model.generate(
-            **qwen_inputs,
-            max_new_tokens=3,
-            do_sample=True,
-            num_return_sequences=2,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    length = qwen_inputs["input_ids"].shape[1]
-    assert out.sequences.shape == (2, length + 3)
-    assert torch.equal(out.sequences[:, :length], qwen_inputs["input_ids"].repeat(2, 1))
-    assert (out.logits[0] - last).abs().max() <= 1e-5
-
-
-def test_generate_without_cache_equals_cached(qwen_model, qwen_inputs):
-    """use_cache=False re-runs (and re-prunes) the whole sequence at every step."""
-    stop_hf.patch(qwen_model, {"method": "uniform", "retention": 0.25})
-    assert torch.equal(greedy(qwen_model, qwen_inputs), greedy(qwen_model, qwen_inputs, use_cache=False))
-
-
+# ------------------------------------------------------------------------------------------------ batches, several videos
 def test_batch_with_different_video_grids(qwen_model, qwen_reference, qwen_processor):
     """Row 0: 8 frames 112x168 (grid 4x20x28); row 1: 4 frames 168x112 (grid 2x28x20). Different lengths (left
     padding) and kept counts (re-pad); each row equals its single-sample run."""
@@ -353,21 +303,6 @@ def test_image_and_video_prompt_leaves_image_tokens(qwen_model, qwen_reference, 
     reference, keep = masked_reference_logits(qwen_reference, inputs, report)
     assert (pruned[0][keep[0]] - kept_logits(reference, keep)[0]).abs().max() <= 1e-5
     greedy(qwen_model, inputs, n=3)
-
-
-# ------------------------------------------------------------------------------------------------ paper methods
-@pytest.mark.parametrize(
-    ("method", "sink"),
-    [(m, s) for m in ("visionzip", "fastvid", "holitom") for s in (False, True)] + [("prunevid", False)],
-)
-def test_paper_methods_end_to_end(qwen_model, qwen_reference, qwen_inputs, method, sink):
-    stop_hf.patch(
-        qwen_model, {"method": method, "retention": 0.25, "sink": sink, "position_mode": "original"}
-    )
-    report = assert_matches_reference(qwen_model, qwen_reference, qwen_inputs)
-    assert report[0]["tokens_after"] < report[0]["tokens_before"]
-    out = greedy(qwen_model, qwen_inputs, n=3, min_new_tokens=3)
-    assert out.shape == (1, qwen_inputs["input_ids"].shape[1] + 3)
 
 
 # ------------------------------------------------------------------------------------------------ processor path
@@ -475,41 +410,6 @@ def test_demo_runs_on_tiny_qwen(capsys):
     )
     out = capsys.readouterr().out
     assert "qwen2_5_vl" in out and "560 -> 560" in out and "[visionzip_stop_r10]" in out
-
-
-# ------------------------------------------------------------------------------------------------ isolation, loading
-def test_two_models_and_a_deepcopy_do_not_affect_each_other(qwen_reference, qwen_inputs):
-    model_a, model_b = copy.deepcopy(qwen_reference), copy.deepcopy(qwen_reference)
-    stop_hf.patch(model_a, {"method": "visionzip", "retention": 0.5})
-    stop_hf.patch(model_b, {"method": "uniform", "retention": 0.1})
-    first_a, first_b = logits_of(model_a, qwen_inputs), logits_of(model_b, qwen_inputs)
-    assert computed(first_a).sum() != computed(first_b).sum()
-    assert identical(logits_of(model_a, qwen_inputs), first_a)
-    # A copy of a patched model owns its hooks: it encodes with its own (here: changed) vision tower.
-    clone = copy.deepcopy(model_a)
-    assert stop_hf.get_stop_config(clone) == stop_hf.get_stop_config(model_a)
-    assert identical(logits_of(clone, qwen_inputs), first_a)
-    with torch.no_grad():
-        clone.model.visual.blocks[-1].attn.qkv.weight.mul_(0.5)
-    changed = logits_of(clone, qwen_inputs)
-    assert stop_hf.last_prune_report(clone)[0]["attention"] is not None
-    assert not identical(changed, first_a)
-    assert identical(logits_of(model_a, qwen_inputs), first_a)
-    assert computed(logits_of(qwen_reference, qwen_inputs)).all()
-
-
-def test_from_pretrained_kwarg_auto_class_and_save_reload(qwen_checkpoint, qwen_inputs, tmp_path):
-    from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
-
-    assert not stop_hf.is_patched(Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_checkpoint))
-    model = AutoModelForImageTextToText.from_pretrained(qwen_checkpoint, stop_config="uniform_r25").eval()
-    assert type(model) is Qwen2_5_VLForConditionalGeneration
-    expected = logits_of(model, qwen_inputs)
-    assert int((~computed(expected)).sum()) == 560 - 4 * 35
-    model.save_pretrained(tmp_path)
-    reloaded = stop_hf.from_pretrained(tmp_path).eval()
-    assert stop_hf.get_stop_config(reloaded) == stop_hf.get_stop_config(model)
-    assert identical(logits_of(reloaded, qwen_inputs), expected)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

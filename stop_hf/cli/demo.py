@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..testing.video import write_video
+    from ..video import write_video
     from . import CliError
     from .run import _dtype_or_error, check_device, check_model, load_model, resolve_config
 

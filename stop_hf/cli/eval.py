@@ -100,7 +100,7 @@ def _save_tiny_checkpoint(model: str) -> None:
     """Writes this process's tiny checkpoint before a process group exists: once one does, transformers'
     `save_pretrained` writes only on rank 0, and the other ranks would find an empty folder."""
     from ..patches import ARCHITECTURES
-    from ..testing.models import tiny_checkpoint
+    from ..tiny import tiny_checkpoint
 
     arch = model[len(TINY_PREFIX) :]
     if model.startswith(TINY_PREFIX) and arch in ARCHITECTURES:

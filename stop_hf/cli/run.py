@@ -133,7 +133,7 @@ def check_inputs(args: argparse.Namespace, question: str | None = None) -> None:
 
 def synthetic_video(num_frames: int) -> Path:
     """A generated clip: a moving red square and a static bright patch (top left) in every frame."""
-    from ..testing.video import synthetic_frames, write_video
+    from ..video import synthetic_frames, write_video
 
     folder = Path(tempfile.mkdtemp(prefix="stop_hf_video_"))
     frames = synthetic_frames(num_frames, 240, 320, sink_patch=(20, 20, 60))

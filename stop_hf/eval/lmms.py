@@ -70,7 +70,7 @@ class StopVideoLLM(_Base):
         config = None if stop_config in (None, "", "none", "None") else str(stop_config)
         device = self._join_launch(str(device))
         if pretrained.startswith("tiny-"):
-            from ..testing import build_processor, build_tiny_model
+            from ..tiny import build_processor, build_tiny_model
 
             # built in memory: under a launch the process group exists already, and transformers then saves a
             # checkpoint (VideoLLM.tiny's route) on rank 0 only

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..testing.video import write_video
+from ..video import write_video
 
 
 def _video(path: Path, seed: int, num_frames: int) -> None:

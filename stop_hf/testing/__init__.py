@@ -1,5 +1,8 @@
 """Test helpers shipped with stop-hf, usable by users too: tiny models with real token geometry, an offline
-tokenizer and the real HF processors, PyAV videos, the masked-reference oracle and the conformance runner."""
+tokenizer and the real HF processors, PyAV videos, the masked-reference oracle and the conformance runner.
+
+The tiny models and the video I/O are product code (the demo runs on them): they live in `stop_hf.tiny` and
+`stop_hf.video`, and are re-exported here. Product code never imports this package."""
 
 from .models import (
     ARCHITECTURES,

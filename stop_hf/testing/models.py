@@ -1,125 +1,44 @@
 """Tiny random models with the real token geometry, an offline tokenizer and the real HF processors.
 
-Nothing here downloads anything. Models are built from configs, saved with `save_pretrained` and loaded back
-through the real `from_pretrained` path, so tests exercise what users run.
+The kit itself is product code (the demo and `VideoLLM.tiny` run on it) and lives in `stop_hf.tiny`; these are the
+test kit's names for it, plus `ARCHITECTURES` (the registered architectures, in registration order).
 """
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-from pathlib import Path
-
-import torch
-
-#: q/k projections are scaled by this in tiny models: random-init attention is otherwise nearly uniform, and
-#: position bugs would not show in the logits.
-QK_SCALE = 6.0
-
-WORDS = (  # noqa: SIM905 - a word list reads better as text
-    "user assistant system ? . , : ; ! ' ( ) - the a an is are was were be been of to in on at by for "
-    "with from and or not no yes what which who where when how why this that these those it its there "
-    "here video frame image scene person man woman child dog cat car ball table chair door window room "
-    "street road tree sky water red blue green yellow black white small large left right top bottom "
-    "front back up down open close walk run jump sit stand hold take put give look see show move turn "
-    "play eat drink read write talk happen happens happened first last next then before after during "
-    "while one two three four five many few some all any each every other same different answer question "
-    "option choose describe count color shape object action event time start end begin finish does do "
-    "did can could will would should may might must has have had get got make made go went come came"
-).split()
-
-SPECIAL_TOKENS = (
-    "<pad>",
-    "<unk>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<image>",
-    "<video>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
+from ..tiny import (
+    CHAT_TEMPLATE,
+    QK_SCALE,
+    SPECIAL_TOKENS,
+    VOCAB_SIZE,
+    WORDS,
+    build_processor,
+    build_tiny_model,
+    build_tokenizer,
+    save_tiny_checkpoint,
+    tiny_checkpoint,
+    tiny_config,
+    tiny_llava_onevision_config,
+    tiny_qwen2_5_vl_config,
+    token_id,
 )
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'video' %}{{ video_placeholder }}{% elif part['type'] == 'image' %}"
-    "{{ image_placeholder }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-VOCAB_SIZE = 512
-
-
-def build_tokenizer():
-    """A word-level fast tokenizer with the special tokens both architectures need. ids: specials first."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    for i in range(len(vocab), VOCAB_SIZE):
-        vocab[f"w{i}"] = i
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<|im_end|>",
-        bos_token=None,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<pad>", "<unk>")],
-        padding_side="left",
-    )
-    from tokenizers import decoders
-
-    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tokenizer._tokenizer.decoder = backend.decoder
-    return tokenizer
-
-
-def token_id(token: str) -> int:
-    return SPECIAL_TOKENS.index(token)
-
-
-def _sharpen(module: torch.nn.Module, factors: dict[str, float]) -> None:
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            for part, factor in factors.items():
-                if part in name and name.endswith("weight"):
-                    param.mul_(factor)
-                    break
-
-
-def tiny_config(arch: str):
-    """The tiny config of a registered architecture (its adapter's `tiny_config`: real token geometry)."""
-    config = _adapter(arch).tiny_config()
-    config.eos_token_id = token_id("<|im_end|>")
-    config.pad_token_id = token_id("<pad>")
-    return config
-
-
-def tiny_llava_onevision_config():
-    """LLaVA-OneVision with SigLIP 384/14 geometry (729 patches -> 196 pooled tokens per frame)."""
-    return tiny_config("llava_onevision")
-
-
-def tiny_qwen2_5_vl_config():
-    """Qwen2.5-VL with real geometry: patch 14, merge 2, temporal patch 2, window attention + full blocks."""
-    return tiny_config("qwen2_5_vl")
-
-
-def _adapter(arch: str):
-    from stop_hf.patches import architecture
-
-    return architecture(arch)
+__all__ = [  # and ARCHITECTURES, computed on access (see __getattr__)
+    "CHAT_TEMPLATE",
+    "QK_SCALE",
+    "SPECIAL_TOKENS",
+    "VOCAB_SIZE",
+    "WORDS",
+    "build_processor",
+    "build_tiny_model",
+    "build_tokenizer",
+    "save_tiny_checkpoint",
+    "tiny_checkpoint",
+    "tiny_config",
+    "tiny_llava_onevision_config",
+    "tiny_qwen2_5_vl_config",
+    "token_id",
+]
 
 
 def __getattr__(name: str):
@@ -128,42 +47,3 @@ def __getattr__(name: str):
 
         return tuple(ARCHITECTURES)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def build_tiny_model(arch: str = "llava_onevision", seed: int = 0):
-    """A random tiny model of `arch` (in memory, eval mode, fp32), its attention sharpened by the adapter's
-    `tiny_sharpen` factors (q/k projections x QK_SCALE by default)."""
-    from stop_hf import compat
-
-    adapter = _adapter(arch)
-    torch.manual_seed(seed)
-    model = compat.model_class(adapter.model_class)(tiny_config(arch))
-    _sharpen(model, adapter.tiny_sharpen)
-    return model.eval()
-
-
-def save_tiny_checkpoint(path: str | Path, arch: str = "llava_onevision", seed: int = 0) -> Path:
-    """Writes a tiny model, its tokenizer and processor to `path` (a from_pretrained-able folder)."""
-    path = Path(path)
-    build_tiny_model(arch, seed).save_pretrained(path)
-    build_processor(arch).save_pretrained(path)
-    return path
-
-
-def tiny_checkpoint(arch: str = "llava_onevision", seed: int = 0) -> Path:
-    """A cached tiny checkpoint folder for this process (created on first use)."""
-    _adapter(arch)
-    key = (arch, seed)
-    if key not in _CHECKPOINTS:
-        folder = Path(tempfile.mkdtemp(prefix=f"stop_hf_tiny_{arch}_"))
-        atexit.register(shutil.rmtree, folder, True)
-        _CHECKPOINTS[key] = save_tiny_checkpoint(folder, arch, seed)
-    return _CHECKPOINTS[key]
-
-
-_CHECKPOINTS: dict[tuple[str, int], Path] = {}
-
-
-def build_processor(arch: str = "llava_onevision"):
-    """The real HF processor of `arch` around the offline tokenizer."""
-    return _adapter(arch).tiny_processor(build_tokenizer(), CHAT_TEMPLATE)

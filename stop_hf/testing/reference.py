@@ -12,12 +12,38 @@ from typing import Any
 import torch
 
 
+def _per_token_lm_kwargs(model: Any) -> tuple[str, ...]:
+    """The architecture's other per-token language-model kwargs (Qwen3-VL's deepstack injection): the reference
+    passes them on at full length, dropped positions included."""
+    from stop_hf.patches import adapter_for
+
+    return adapter_for(model).pruned_lm_kwargs
+
+
+def _grid_positions(entry: dict[str, Any]) -> list[torch.Tensor]:
+    """The sequence positions of the grid tokens of every placement of one report entry."""
+    if entry.get("positions"):
+        return entry["positions"]
+    grid_tokens = entry["frames"] * entry["grid"][0] * entry["grid"][1]
+    return [torch.arange(start, start + grid_tokens) for _, start in entry["placements"]]
+
+
+def _require_embeddings(report: list[dict[str, Any]]) -> None:
+    if any("result" not in entry for entry in report):
+        raise ValueError(
+            "the masked reference needs the pruned embeddings: run the pruned call inside "
+            "`with stop_hf.report_embeddings():`"
+        )
+
+
 def capture_lm_inputs(model: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Runs the model once and returns what its inner language model received (embeds, mask, positions)."""
+    """Runs the model once and returns what its inner language model received (embeds, mask, positions, and the
+    architecture's other per-token arguments)."""
     captured: dict[str, torch.Tensor] = {}
+    names = ("inputs_embeds", "attention_mask", "position_ids", *_per_token_lm_kwargs(model))
 
     def grab(module, args, kwargs):
-        captured.update({k: kwargs.get(k) for k in ("inputs_embeds", "attention_mask", "position_ids")})
+        captured.update({k: kwargs.get(k) for k in names})
 
     handle = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -48,19 +74,19 @@ def masked_reference_output(
     lm_inputs = capture_lm_inputs(unpatched_model, inputs)
     embeds = lm_inputs["inputs_embeds"].clone()
     batch, length, _ = embeds.shape
-    pad = lm_inputs["attention_mask"]
+    pad = lm_inputs.get("attention_mask")
     pad = torch.ones(batch, length, dtype=torch.bool) if pad is None else pad.bool()
-    positions = lm_inputs["position_ids"]
+    positions = lm_inputs.get("position_ids")
     if positions is None:
         positions = torch.arange(length)[None].expand(batch, length)
     keep = torch.ones(batch, length, dtype=torch.bool)
+    _require_embeddings(report)
     for entry in report:
         result = entry["result"]
-        grid_tokens = entry["frames"] * entry["grid"][0] * entry["grid"][1]
-        for row, start in entry["placements"]:
-            keep[row, start : start + grid_tokens] = False
-            keep[row, start + result.index] = True
-            embeds[row, start + result.index] = result.embeds.to(embeds.dtype)
+        for (row, _), grid in zip(entry["placements"], _grid_positions(entry), strict=True):
+            keep[row, grid] = False
+            keep[row, grid[result.index]] = True
+            embeds[row, grid[result.index]] = result.embeds.to(embeds.dtype)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     attend = causal[None] & keep[:, None, :] & pad[:, None, :]
     attend = attend | torch.eye(length, dtype=torch.bool)[None]
@@ -68,8 +94,9 @@ def masked_reference_output(
     if lm_kwargs.get("output_attentions"):  # eager attention adds the mask: it must be additive, not boolean
         mask = torch.zeros(mask.shape, dtype=embeds.dtype).masked_fill(~mask, torch.finfo(embeds.dtype).min)
     with torch.no_grad():
+        per_token = {k: v for k, v in lm_inputs.items() if k in _per_token_lm_kwargs(unpatched_model)}
         output = unpatched_model.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **lm_kwargs
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **{**per_token, **lm_kwargs}
         )
     return output, keep & pad
 
@@ -108,6 +135,7 @@ def spliced_reference_logits(
     """Logits (1, L', V) of the UNPATCHED language model fed the pruned sequence built by hand from `report`:
     each video's output tokens in the method's reference order, sequential positions (position_mode='compact').
     Batch size 1."""
+    _require_embeddings(report)
     lm_inputs = capture_lm_inputs(unpatched_model, inputs)
     embeds = lm_inputs["inputs_embeds"][0]
     placements = sorted(

@@ -7,6 +7,10 @@ from typing import Any
 
 import torch
 
+from ..siglip_head import save_random_siglip_head
+
+__all__ = ["save_random_siglip_head", "save_tiny_siglip_with_head", "tiny_siglip_with_head"]
+
 
 def tiny_siglip_with_head(vision_config: Any, seed: int = 0):
     """A `SiglipVisionModel` with `vision_use_head=True` and the geometry of `vision_config` (e.g. the tiny LLaVA-OV's)."""
@@ -28,35 +32,3 @@ def save_tiny_siglip_with_head(vision_config: Any, folder: str | Path, seed: int
     model = tiny_siglip_with_head(vision_config, seed)
     model.save_pretrained(str(folder))
     return model
-
-
-def save_random_siglip_head(
-    folder: str | Path, hidden_size: int, intermediate_size: int, seed: int = 0
-) -> Path:
-    """A random SigLIP MAP head (+ post_layernorm) of the given width as its own checkpoint, for benchmarks of
-    models with random weights (the head's cost is part of FastVID's signal cost). Returns the folder."""
-    from stop_hf.siglip_head import save_head
-
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g) * 0.02
-
-    h, i = hidden_size, intermediate_size
-    tensors = {
-        "head.probe": torch.randn(1, 1, h, generator=g),
-        "head.attention.in_proj_weight": rand(3 * h, h),
-        "head.attention.in_proj_bias": torch.zeros(3 * h),
-        "head.attention.out_proj.weight": rand(h, h),
-        "head.attention.out_proj.bias": torch.zeros(h),
-        "head.layernorm.weight": torch.ones(h),
-        "head.layernorm.bias": torch.zeros(h),
-        "head.mlp.fc1.weight": rand(i, h),
-        "head.mlp.fc1.bias": torch.zeros(i),
-        "head.mlp.fc2.weight": rand(h, i),
-        "head.mlp.fc2.bias": torch.zeros(h),
-        "post_layernorm.weight": torch.ones(h),
-        "post_layernorm.bias": torch.zeros(h),
-    }
-    save_head(tensors, Path(folder) / "model.safetensors", source="random")
-    return Path(folder)
