@@ -417,8 +417,9 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         "generate's decode-step inputs to the language model",
         "each decode step hands the inner language model its KV cache under a name in CACHE_KWARGS (and gets it "
-        "back in the output under that name), a (B, 1) inputs_embeds, the original-length 2-D mask grown by one column of ones "
-        "per step, and position ids (B, 1) or (R, B, 1) counting the real tokens so far (prompt coordinates)",
+        "back in the output under that name), a (B, 1) inputs_embeds, the original-length 2-D mask grown by one "
+        "column of ones per step, and position ids (B, 1) or (R, B, 1) counting the real tokens so far (prompt "
+        "coordinates)",
         _decode_inputs,
     ),
     Contract(
