@@ -9,12 +9,17 @@ Tested range: the `transformers` pin in pyproject.toml.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+#: the kwarg (and output field) under which the models pass the KV cache, newest name first: transformers 5.24
+#: renamed `past_key_values` to `cache` (generation/utils.py `ALL_CACHE_NAMES`, every modeling_*.py forward).
+CACHE_KWARGS = ("cache", "past_key_values")
 
 #: cache classes pre-sized to the unpruned prompt (static cache / torch.compile): pruning cannot shrink them.
 PRESIZED_CACHE_CLASSES = ("StaticCache", "HybridCache", "SlidingWindowCache")
@@ -67,6 +72,26 @@ def is_presized_cache(past_key_values: Any) -> bool:
     if callable(compileable):
         compileable = compileable()
     return bool(compileable) or type(past_key_values).__name__ in PRESIZED_CACHE_CLASSES
+
+
+def cache_of(kwargs: dict[str, Any]) -> Any:
+    """The KV cache a forward call received (whichever name the caller or the model code used), or None."""
+    return next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a model output carries (`output.cache`, or `output.past_key_values` before 5.24), or None."""
+    # the declared field only: 5.24's `past_key_values` property would log a deprecation warning
+    declared = {f.name for f in dataclasses.fields(output)} if dataclasses.is_dataclass(output) else set()
+    name = next((name for name in CACHE_KWARGS if name in declared), None)
+    return None if name is None else getattr(output, name)
+
+
+def cache_input(model: Any, cache: Any) -> dict[str, Any]:
+    """`{name: cache}` for calling `model` with a KV cache, under the name its forward declares (no deprecation
+    warning on 5.24+, where `past_key_values` became `cache`)."""
+    parameters = inspect.signature(type(model).forward).parameters
+    return {next((name for name in CACHE_KWARGS if name in parameters), CACHE_KWARGS[-1]): cache}
 
 
 def encoder_outputs_video(kwargs: dict[str, Any]) -> Any:
@@ -201,6 +226,107 @@ def _mask_growth() -> None:
         )
 
 
+#: the prompt of the decode-inputs probe: two rows, the first left-padded (token ids are plain words of the tiny
+#: tokenizer, none of them a special or vision token)
+_PROBE_IDS = ((0, 0, 101, 102, 103), (104, 105, 106, 107, 108))
+_PROBE_MASK = ((0, 0, 1, 1, 1), (1, 1, 1, 1, 1))
+_PROBE_NEW_TOKENS = 3
+
+
+def lm_calls_of_generate(adapter: Any, new_tokens: int = _PROBE_NEW_TOKENS) -> list[dict[str, Any]]:
+    """What `generate` hands the inner language model of `adapter`'s tiny model at each forward, on the probe
+    prompt (text only: a pruned prefill changes what the LM receives, not what generate passes).
+
+    Each call: `kwargs` (the LM's kwargs as received), `past` (the cache length at entry, or None without a cache),
+    `output_cache` (the cache the LM's output carries)."""
+    torch.manual_seed(0)
+    model = model_class(adapter.model_class)(adapter.tiny_config()).eval()
+    language_model = adapter.language_model(model)
+    calls: list[dict[str, Any]] = []
+
+    def before(module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        cache = cache_of(kwargs)
+        calls.append({"kwargs": dict(kwargs), "past": None if cache is None else cache.get_seq_length()})
+
+    def after(module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        calls[-1]["output_cache"] = output_cache(output)
+
+    handles = [
+        language_model.register_forward_pre_hook(before, with_kwargs=True),
+        language_model.register_forward_hook(after, with_kwargs=True),
+    ]
+    try:
+        with torch.no_grad():
+            model.generate(
+                input_ids=torch.tensor(_PROBE_IDS),
+                attention_mask=torch.tensor(_PROBE_MASK),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def check_decode_step(call: dict[str, Any], step: int, name: str = "") -> None:
+    """What `stop_hf.hooks.translate_decode` relies on at decode step `step` (1 = the first token after the
+    prefill) of the probe prompt; raises ValueError naming what differs."""
+    where = f"{name} decode step {step}: the language model received"
+    kwargs = call["kwargs"]
+    prompt = torch.tensor(_PROBE_MASK)
+    batch, length = prompt.shape
+    cache = cache_of(kwargs)
+    if cache is None:
+        raise ValueError(f"{where} no KV cache under any of {CACHE_KWARGS}; its kwargs are {sorted(kwargs)}")
+    if call["past"] != length + step - 1:
+        raise ValueError(f"{where} a cache of length {call['past']}, not {length + step - 1}")
+    if call.get("output_cache") is not cache:
+        raise ValueError(f"{where} a cache that its output does not return under any of {CACHE_KWARGS}")
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is None or tuple(embeds.shape[:2]) != (batch, 1):
+        raise ValueError(
+            f"{where} inputs_embeds of shape {getattr(embeds, 'shape', None)}, not ({batch}, 1, D)"
+        )
+    # translate_decode swaps the first `original_length` columns for the pruned prefill mask: generate must keep
+    # growing the ORIGINAL-length mask by one column of ones per step
+    mask = kwargs.get("attention_mask")
+    grown = torch.cat([prompt, torch.ones(batch, step, dtype=prompt.dtype)], dim=-1)
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or not torch.equal(mask.long().cpu(), grown):
+        shown = mask.tolist() if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(
+            f"{where} attention_mask {shown}, not the prompt mask grown by {step} columns of ones"
+        )
+    # decode positions come in original coordinates (one per real token so far), which translate_decode shifts
+    # by the pruned prefill's offset (1-D) or keeps (mRoPE, original mode)
+    positions = kwargs.get("position_ids")
+    expected = grown.sum(-1, keepdim=True) - 1  # (B, 1)
+    if not isinstance(positions, torch.Tensor) or positions.dim() not in (2, 3):
+        raise ValueError(f"{where} position_ids {positions!r}, not a (B, 1) or (R, B, 1) tensor")
+    rows = positions if positions.dim() == 3 else positions[None]
+    if tuple(rows.shape[1:]) != (batch, 1) or not torch.equal(rows.cpu(), expected[None].expand_as(rows)):
+        raise ValueError(
+            f"{where} position_ids {positions.tolist()}, not {expected.tolist()} (one position per real token "
+            "so far, in prompt coordinates) in every row"
+        )
+
+
+def _decode_inputs() -> None:
+    for adapter in _registered():
+        calls = lm_calls_of_generate(adapter)
+        if len(calls) != _PROBE_NEW_TOKENS:
+            raise ValueError(
+                f"{adapter.name}: generate ran the language model {len(calls)} times for {_PROBE_NEW_TOKENS} "
+                "tokens, not once per token"
+            )
+        if calls[0]["past"] not in (None, 0):
+            raise ValueError(f"{adapter.name}: the prefill received a cache of length {calls[0]['past']}")
+        for step, call in enumerate(calls[1:], start=1):
+            check_decode_step(call, step, adapter.name)
+
+
 def _mm_encoder_outputs() -> None:
     from transformers import GenerationMixin
 
@@ -287,6 +413,14 @@ CONTRACTS: tuple[Contract, ...] = (
         "GenerationMixin._update_model_kwargs_for_generation",
         "each decode step appends one column of ones to the original-length attention mask",
         _mask_growth,
+    ),
+    Contract(
+        "generate's decode-step inputs to the language model",
+        "each decode step hands the inner language model its KV cache under a name in CACHE_KWARGS (and gets it "
+        "back in the output under that name), a (B, 1) inputs_embeds, the original-length 2-D mask grown by one "
+        "column of ones per step, and position ids (B, 1) or (R, B, 1) counting the real tokens so far (prompt "
+        "coordinates)",
+        _decode_inputs,
     ),
     Contract(
         "generate's mm_encoder_outputs",

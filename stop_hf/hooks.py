@@ -620,7 +620,7 @@ def lm_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: 
     video_mask = call.video_mask if fresh else None
     if call is not None:
         call.lm_entered = True
-    cache = kwargs.get("past_key_values")
+    cache = compat.cache_of(kwargs)
     check_cache_supported(cache)
     past = past_length(cache)
     has_video = video_mask is not None and bool(video_mask.any())
@@ -667,9 +667,9 @@ def lm_post_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs:
     if call is None or not call.prefilled:
         return None
     call.prefilled = False
-    cache = getattr(output, "past_key_values", None)
+    cache = compat.output_cache(output)
     if cache is None:
-        cache = kwargs.get("past_key_values")
+        cache = compat.cache_of(kwargs)
     if cache is not None:
         _attach(cache, state, call.sequence)
     call.sequence = None

@@ -95,7 +95,6 @@ class StageTimer:
         def stop_lm(module, args, kwargs, output):
             self._sync()
             elapsed = time.perf_counter() - self._started.pop("lm")
-            cache = kwargs.get("past_key_values")
             length = kwargs["inputs_embeds"].shape[1] if kwargs.get("inputs_embeds") is not None else 0
             if self.prefill_tokens == 0:
                 self.times["prefill"] += elapsed
@@ -103,7 +102,6 @@ class StageTimer:
             else:
                 self.times["decode"] += elapsed
                 self.decode_steps += 1
-            del cache
 
         handles = [
             self.vision.register_forward_pre_hook(start("vision"), with_kwargs=True),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import stop_hf
+from stop_hf import compat
 from stop_hf.testing import (
     build_processor,
     kept_logits,
@@ -90,7 +91,9 @@ def manual_greedy_logits(model, inputs, n=5):
         for _ in range(n):
             steps.append(out.logits[:, -1])
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(
+                input_ids=token, **compat.cache_input(model, compat.output_cache(out)), use_cache=True
+            )
     return torch.stack(steps, dim=1)
 
 

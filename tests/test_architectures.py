@@ -178,7 +178,11 @@ def teacher_forced_log_prob(model, inputs, tokens):
         out = model(**inputs, use_cache=True)
         for token in tokens:
             total += out.logits[0, -1].log_softmax(-1)[token]
-            out = model(input_ids=token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+            out = model(
+                input_ids=token.view(1, 1),
+                **compat.cache_input(model, compat.output_cache(out)),
+                use_cache=True,
+            )
     return total
 
 

@@ -102,3 +102,88 @@ def test_a_language_model_without_the_deepstack_kwargs_fails_naming_it(monkeypat
     contract = next(c for c in compat.CONTRACTS if "TextModel.forward" in c.internal)
     with pytest.raises(compat.ContractError, match="deepstack_visual_embeds"):
         compat.require(contract)
+
+
+# ------------------------------------------------------------------------------------------------ decode inputs
+DECODE_CONTRACT = "generate's decode-step inputs to the language model"
+
+
+@pytest.fixture(scope="module")
+def decode_calls():
+    """The language-model calls of a 3-token generate on the tiny Qwen2.5-VL (prefill + 2 decode steps)."""
+    from stop_hf.patches import architecture
+
+    return compat.lm_calls_of_generate(architecture("qwen2_5_vl"))
+
+
+def test_decode_contract_is_registered():
+    assert any(c.internal == DECODE_CONTRACT for c in compat.CONTRACTS)
+
+
+def test_decode_steps_hand_the_language_model_what_translate_decode_expects(decode_calls):
+    assert len(decode_calls) == 3 and decode_calls[0]["past"] == 0
+    for step, call in enumerate(decode_calls[1:], start=1):
+        compat.check_decode_step(call, step)
+
+
+def test_a_renamed_cache_kwarg_fails_the_decode_contract(monkeypatch, decode_calls):
+    """transformers 5.24 renamed `past_key_values` to `cache`: with only one of the two names known, exactly one
+    release passes, and the other fails naming the internal and the kwargs it got."""
+    outcomes = {}
+    for name in compat.CACHE_KWARGS:
+        monkeypatch.setattr(compat, "CACHE_KWARGS", (name,))
+        try:
+            compat.check_decode_step(decode_calls[1], 1)
+            outcomes[name] = None
+        except ValueError as exc:
+            outcomes[name] = str(exc)
+    monkeypatch.undo()
+    assert sorted(message is None for message in outcomes.values()) == [False, True], outcomes
+    used = next(name for name, message in outcomes.items() if message is None)
+    (failure,) = (message for message in outcomes.values() if message is not None)
+    assert "no KV cache" in failure and f"'{used}'" in failure  # it names the kwarg the release does use
+
+    contract = next(c for c in compat.CONTRACTS if c.internal == DECODE_CONTRACT)
+    stale = next(name for name in compat.CACHE_KWARGS if name != used)
+    monkeypatch.setattr(compat, "CACHE_KWARGS", (stale,))
+    with pytest.raises(compat.ContractError, match=r"changed the internal `generate's decode-step inputs"):
+        compat.require(contract)
+
+
+def _altered(call, **kwargs):
+    return {**call, "kwargs": {**call["kwargs"], **kwargs}}
+
+
+def test_a_mask_in_cache_coordinates_fails_the_decode_contract(decode_calls):
+    call = decode_calls[2]
+    mask = call["kwargs"]["attention_mask"]
+    with pytest.raises(ValueError, match="attention_mask"):
+        compat.check_decode_step(_altered(call, attention_mask=mask[:, 1:]), 2)  # one column short
+    with pytest.raises(ValueError, match="attention_mask"):
+        compat.check_decode_step(_altered(call, attention_mask=None), 2)
+
+
+def test_positions_not_in_prompt_coordinates_fail_the_decode_contract(decode_calls):
+    call = decode_calls[1]
+    positions = call["kwargs"]["position_ids"]
+    with pytest.raises(ValueError, match="position_ids"):
+        compat.check_decode_step(_altered(call, position_ids=positions + 1), 1)
+    with pytest.raises(ValueError, match="position_ids"):
+        compat.check_decode_step(_altered(call, position_ids=None), 1)
+
+
+def test_cache_input_uses_the_name_the_forward_declares():
+    import warnings
+
+    model = build_tiny_model("llava_onevision")
+    ids = torch.tensor([[101, 102, 103]])
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        cache = compat.output_cache(out)
+        assert cache is not None and cache.get_seq_length() == 3
+        (name,) = compat.cache_input(model, cache)
+        assert name in compat.CACHE_KWARGS
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no deprecation warning for the cache's name
+            step = model(input_ids=ids[:, -1:], **compat.cache_input(model, cache), use_cache=True)
+    assert compat.output_cache(step) is cache and cache.get_seq_length() == 4

@@ -14,7 +14,7 @@ import torch
 from conftest import clip, computed
 
 import stop_hf
-from stop_hf import StopConfig
+from stop_hf import StopConfig, compat
 from stop_hf.pruners import PRUNERS
 from stop_hf.testing import build_processor, masked_reference_logits, tiny_checkpoint
 from stop_hf.testing.reference import identical, masked_reference_output
@@ -191,7 +191,7 @@ def prefill_lengths(model) -> list[int]:
     lengths: list[int] = []
 
     def spy(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = compat.cache_of(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             lengths.append(kwargs["inputs_embeds"].shape[1])
 

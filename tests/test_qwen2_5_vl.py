@@ -20,6 +20,7 @@ from conftest import (
 )
 
 import stop_hf
+from stop_hf import compat
 from stop_hf.testing import (
     build_processor,
     kept_logits,
@@ -118,7 +119,11 @@ def test_manual_loops_do_not_share_rope_deltas(qwen_model, qwen_reference, qwen_
         for _ in range(2):
             for i, out in enumerate(outs):
                 token = out.logits[:, -1].argmax(-1, keepdim=True)
-                outs[i] = qwen_model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                outs[i] = qwen_model(
+                    input_ids=token,
+                    **compat.cache_input(qwen_model, compat.output_cache(out)),
+                    use_cache=True,
+                )
                 steps[i].append(outs[i].logits[:, -1])
     for i in range(2):
         assert (torch.stack(steps[i], dim=1) - expected[i]).abs().max() <= 1e-5
@@ -437,5 +442,7 @@ def test_generated_video_token_in_decode_is_plain_text(qwen_model, qwen_referenc
     with torch.no_grad():
         out = qwen_model(**qwen_inputs, use_cache=True)
         token = torch.tensor([[qwen_model.config.video_token_id]])
-        step = qwen_model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        step = qwen_model(
+            input_ids=token, **compat.cache_input(qwen_model, compat.output_cache(out)), use_cache=True
+        )
     assert step.logits.shape[1] == 1
