@@ -187,3 +187,34 @@ def test_cache_input_uses_the_name_the_forward_declares():
             warnings.simplefilter("error")  # no deprecation warning for the cache's name
             step = model(input_ids=ids[:, -1:], **compat.cache_input(model, cache), use_cache=True)
     assert compat.output_cache(step) is cache and cache.get_seq_length() == 4
+
+
+def test_the_pin_is_the_tested_range():
+    """pyproject.toml's transformers pin admits exactly the minor releases .ci/run tests (TESTED_TRANSFORMERS), and
+    the transformers running this suite is one of them."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+    import transformers
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [Requirement(d) for d in dependencies if Requirement(d).name == "transformers"]
+    listed = (
+        re.search(r"TESTED_TRANSFORMERS=\(([^)]*)\)", (root / ".ci" / "run").read_text()).group(1).split()
+    )
+    tested = {Version(v).release[:2] for v in listed}
+    assert all(Version(v) in pin.specifier for v in listed), (pin, listed)
+    lowest, highest = min(tested), max(tested)
+    admitted = {
+        (5, minor)
+        for minor in range(lowest[1] - 3, highest[1] + 4)
+        if Version(f"5.{minor}.0") in pin.specifier
+    }
+    assert admitted == tested, (
+        f"the pin {pin.specifier} admits {sorted(admitted)}; .ci/run tests {sorted(tested)}"
+    )
+    assert Version(transformers.__version__).release[:2] in tested
