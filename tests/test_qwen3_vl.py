@@ -192,6 +192,31 @@ def test_an_emptied_temporal_patch_keeps_its_timestamp_group(model, reference, i
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
+def _method_configs():
+    from stop_hf.pruners import PRUNERS
+
+    for method, cls in PRUNERS.items():
+        if method == "none":
+            continue
+        for sink in (False, True) if cls.needs and not cls.no_sink_reason else (False,):  # StopConfig's rule
+            yield method, sink
+
+
+@pytest.mark.parametrize(("method", "sink"), list(_method_configs()))
+def test_every_method_runs_with_and_without_stop(model, inputs, method, sink):
+    """Every registered method, with SToP where it has one, prunes a Qwen3-VL video and generates from it."""
+    config = {"method": method, "retention": 0.25, "sink": sink}
+    if method == "fastvid":
+        config["global_feature"] = "mean"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "stop_config.global_feature='mean'", UserWarning)
+        stop_hf.patch(model, config)
+    out = greedy(model, inputs, n=2, min_new_tokens=2)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+    (entry,) = stop_hf.last_prune_report(model)
+    assert 0 < entry["tokens_after"] < entry["tokens_before"] and entry["frames"] == 2
+
+
 # ------------------------------------------------------------------------------------------------ positions
 def test_positions_are_the_original_3d_ids_and_rope_deltas_is_not_written(model, reference, inputs):
     full = capture_lm_inputs(reference, inputs)
