@@ -396,9 +396,9 @@ def _pruned_positions(positions: torch.Tensor, splice: Splice, mode: str) -> tor
     """(B, L) or (R, B, L) prompt position ids -> the pruned sequence's ids (HF fills padded slots with 1)."""
     if positions.dim() == 3:
         return torch.stack([splice.gather(rows, 1) for rows in positions])
-    rows = [positions[b, src.to(positions.device)] for b, src in enumerate(splice.rows_src)]
-    if mode == "compact":
-        rows = [_compact(row) for row in rows]
+    if mode != "compact":
+        return splice.gather(positions, 1)
+    rows = [_compact(positions[b, src.to(positions.device)]) for b, src in enumerate(splice.rows_src)]
     return _left_pad(rows, splice.length, 1)
 
 
@@ -464,7 +464,7 @@ def prune_prefill(
         rows_embeds.append(row_embeds)
 
     splice = Splice(rows_src, max(max(src.numel() for src in rows_src), 1))
-    new_mask = _left_pad([mask[b, src] for b, src in enumerate(rows_src)], splice.length, 0)
+    new_mask = splice.gather(mask, 0)
     new_positions = _pruned_positions(positions, splice, mode)
     kwargs["inputs_embeds"] = _left_pad(rows_embeds, splice.length, 0)
     kwargs["attention_mask"] = new_mask
@@ -472,10 +472,10 @@ def prune_prefill(
     kwargs = state.adapter.prune_lm_kwargs(kwargs, splice)
     sequence = _sequence_state(positions, new_positions, real, new_mask)
     prefill_map = _prefill_map(rows_src, length, splice.length)
-    keep_embeddings = _REPORT_EMBEDDINGS.get()
-    for entry in report:  # the PruneResult was only needed for splicing: a CPU copy only when asked for
-        result = entry.pop("result")
-        if keep_embeddings:
+    if (
+        _REPORT_EMBEDDINGS.get()
+    ):  # the PruneResult was only needed for splicing: a CPU copy only when asked for
+        for result, entry in results.values():
             entry["result"] = _to_cpu(result)
     return kwargs, prefill_map, sequence, report
 
@@ -549,7 +549,6 @@ def _run_pruner(
         "prune_seconds": seconds,
         "placements": [],  # (batch row, sequence start) of every occurrence of this video
         "positions": [],  # per placement, the (grid_tokens,) sequence positions of its grid tokens
-        "result": result,
     }
     return result, entry
 

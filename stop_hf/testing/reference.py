@@ -20,14 +20,6 @@ def _per_token_lm_kwargs(model: Any) -> tuple[str, ...]:
     return adapter_for(model).pruned_lm_kwargs
 
 
-def _grid_positions(entry: dict[str, Any]) -> list[torch.Tensor]:
-    """The sequence positions of the grid tokens of every placement of one report entry."""
-    if entry.get("positions"):
-        return entry["positions"]
-    grid_tokens = entry["frames"] * entry["grid"][0] * entry["grid"][1]
-    return [torch.arange(start, start + grid_tokens) for _, start in entry["placements"]]
-
-
 def _require_embeddings(report: list[dict[str, Any]]) -> None:
     if any("result" not in entry for entry in report):
         raise ValueError(
@@ -83,7 +75,7 @@ def masked_reference_output(
     _require_embeddings(report)
     for entry in report:
         result = entry["result"]
-        for (row, _), grid in zip(entry["placements"], _grid_positions(entry), strict=True):
+        for (row, _), grid in zip(entry["placements"], entry["positions"], strict=True):
             keep[row, grid] = False
             keep[row, grid[result.index]] = True
             embeds[row, grid[result.index]] = result.embeds.to(embeds.dtype)
