@@ -8,6 +8,7 @@ Entry points: `stop-hf bench` and `scripts/bench_prefill.py`; both call `run_ben
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import resource
@@ -533,3 +534,63 @@ def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------------------------------------------- the demo's check
+@dataclass(frozen=True)
+class RealWidthCheck:
+    """One config measured on random weights of the real checkpoint's widths (1 vision + 1 LLM layer measured; the
+    LLM prefill extrapolated to the real depth). Seconds; `overhead_pct` is signals + pruning as a share of the
+    unpruned full-depth LLM prefill."""
+
+    arch: str
+    llm_layers: int
+    hidden: int
+    prompt_tokens: int
+    prompt_tokens_after: int
+    prefill_full_s: float
+    prefill_full_s_after: float
+    overhead_s: float
+
+    @property
+    def overhead_pct(self) -> float:
+        return 100 * self.overhead_s / self.prefill_full_s
+
+    @property
+    def speedup(self) -> float:
+        return self.prefill_full_s / (self.prefill_full_s_after + self.overhead_s)
+
+
+def real_width_check(
+    arch: str, config: Any, frames: int, device: str = "cpu", shape: ArchShape | None = None
+) -> RealWidthCheck:
+    """Measures `config` (a StopConfig) against the unpruned model at `arch`'s real widths: what the demo prints so
+    that the tiny model's numbers (an LLM of almost no cost) are not mistaken for the real trade-off. `shape`
+    overrides the widths (tests)."""
+    import stop_hf
+
+    shape = shape or SHAPES[arch]
+    model = build_model(build_config(arch, 1, 1, shape), device, torch.float32)
+    inputs = build_inputs(model, frames, shape.image_size, device, torch.float32)
+    settings = BenchSettings(arch=arch, frames=frames, device=device, decode_tokens=0, warmup=1)
+    unpruned = _median_run(model, inputs, settings, _NoBar())
+    with tempfile.TemporaryDirectory(prefix="stop_hf_demo_head_") as head_dir:
+        from stop_hf.patches import adapter_for
+
+        extra = adapter_for(model).bench_method_kwargs(model, head_dir).get(config.method, {})
+        stop_hf.patch(model, dataclasses.replace(config, **extra))
+        try:
+            pruned = _median_run(model, inputs, settings, _NoBar())
+        finally:
+            stop_hf.unpatch(model)
+    layers = shape.llm.layers
+    return RealWidthCheck(
+        arch=arch,
+        llm_layers=layers,
+        hidden=shape.llm.hidden,
+        prompt_tokens=int(unpruned["prefill_tokens"]),
+        prompt_tokens_after=int(pruned["prefill_tokens"]),
+        prefill_full_s=unpruned["layer_s"] * layers,
+        prefill_full_s_after=pruned["layer_s"] * layers,
+        overhead_s=pruned["signal_s"] + pruned["prune_s"],
+    )

@@ -8,6 +8,7 @@ import importlib
 import os
 import pkgutil
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +72,21 @@ def _copy_checkout(destination: Path) -> None:
 
 
 def _venv(path: Path) -> Path:
-    """A throwaway venv over the system site-packages; pip and setuptools are the system's (no download, no wheel)."""
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)], check=True
-    )
-    return path / "bin" / "python"
+    """A throwaway venv that sees this interpreter's packages (torch, transformers, pip and the setuptools the test
+    extra installs), whether this interpreter is a system Python or itself a venv: `--system-site-packages` alone
+    would see the *base* interpreter's packages, which a user's venv does not share. No download, no build tools
+    beyond what the project installs."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    own_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # appended after the venv's own site-packages, so what the venv installs shadows this interpreter's copy
+    (Path(own_site) / "_outer_site_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
 
 
 def _pip_install(python: Path, *args: str) -> None:
@@ -144,3 +155,25 @@ def test_a_regular_install_ships_patches_and_configs(second_checkout, tmp_path):
     assert site.parent.is_relative_to(tmp_path / "venv"), package
     assert patches == site / "patches" / "__init__.py"
     assert configs == site / "configs" and (configs / "holitom_stop_r10.yaml").is_file()
+
+
+def test_the_build_tools_these_tests_use_come_from_the_test_extra():
+    """The editable and regular installs above build without isolation, from the installed setuptools: the test
+    extra must install one that builds wheels on its own (bdist_wheel is built in from setuptools 70.1), so the
+    suite does not depend on a `wheel` package the machine happens to have."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = {
+        Requirement(r).name: Requirement(r) for r in pyproject["project"]["optional-dependencies"]["test"]
+    }
+    assert "setuptools" in extra, (
+        "the test extra must install setuptools (tests/test_install.py builds with it)"
+    )
+    assert not extra["setuptools"].specifier.contains("70.0"), extra["setuptools"]
+    assert Version(version("setuptools")) >= Version("70.1")
+    assert "wheel" not in pyproject["build-system"]["requires"]
