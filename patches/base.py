@@ -62,6 +62,21 @@ class ArchAdapter:
     bench_tokens_per_frame: ClassVar[float] = 0.0
     #: the checkpoint's LLM shape for the bench (`stop_hf.bench.LLMShape` fields); empty: Qwen2-7B
     bench_llm: ClassVar[dict[str, int]] = {}
+    #: the invariant the pruned prefill is tested against (`stop_hf.testing.reference_logits`): "masked" (the full
+    #: sequence, dropped tokens masked out as keys) or "shortened" (exactly the kept tokens at their positions; for
+    #: an LLM whose layers carry state through every position, e.g. linear attention, which ignores a 4-D mask)
+    lm_reference: ClassVar[str] = "masked"
+    #: whether `position_mode='compact'` can serve it (1-D positions and each video's tokens in one run)
+    compact_positions: ClassVar[bool] = True
+    #: the base-model method that encodes video pixels (shadowed by the capture) and the kwarg carrying them
+    video_features_method: ClassVar[str] = compat.VIDEO_FEATURES_METHOD
+    video_pixels_arg: ClassVar[str] = "pixel_values_videos"
+
+    def has_video(self, kwargs: dict[str, Any]) -> bool:
+        """Whether a model call carries video to encode (its pixels, or pre-computed video encoder outputs)."""
+        return (
+            kwargs.get(self.video_pixels_arg) is not None or compat.encoder_outputs_video(kwargs) is not None
+        )
 
     def default_position_mode(self, method: str) -> str:
         return self.position_policy.get(method, self.default_position)
@@ -121,7 +136,7 @@ class ArchAdapter:
             return get_video_features
 
         # wrap_method keeps functools.wraps: generate still reads the real signature
-        handles = [wrap_method(self.base_model(model), compat.VIDEO_FEATURES_METHOD, make_wrapper)]
+        handles = [wrap_method(self.base_model(model), self.video_features_method, make_wrapper)]
         return handles + self.install_signal_hooks(model, state, plan)
 
     def capture_plan(self, model: Any, state: Any) -> Any:
@@ -198,6 +213,10 @@ class ArchAdapter:
     #: tiny models scale the weights whose name contains a key by its factor: random-init attention is otherwise
     #: nearly uniform, and position bugs would not show in the logits (a QK-norm model scales its norms instead)
     tiny_sharpen: ClassVar[dict[str, float]] = {"q_proj": 6.0, "k_proj": 6.0, "attn.qkv": 6.0}
+
+    def tiny_adjust(self, model: Any) -> None:
+        """In-place changes to a freshly built tiny model after `tiny_sharpen` (e.g. norms whose weight is an
+        offset initialised to zero, which scaling cannot sharpen). Default: none."""
 
     def tiny_config(self) -> Any:  # pragma: no cover - abstract
         """A tiny random-model config with this architecture's real token geometry (vocab: the offline tokenizer)."""

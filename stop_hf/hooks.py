@@ -336,6 +336,11 @@ def resolve_position_mode(state: StopState, positions: torch.Tensor) -> str:
     mode = state.config.position_mode
     if mode == "auto":
         mode = state.adapter.default_position_mode(state.config.method)
+    if mode == "compact" and not state.adapter.compact_positions:
+        raise StopUnsupportedError(
+            f"stop_config.position_mode='compact' is not supported for {state.adapter.name} (its video tokens are "
+            "separated by text); allowed: auto, original"
+        )
     if mode == "compact" and positions.dim() == 3:
         raise StopUnsupportedError(
             f"stop_config.position_mode='compact' is not supported for {state.adapter.name} (3-D mRoPE positions); "
@@ -603,10 +608,6 @@ def translate_decode(
 
 
 # ---------------------------------------------------------------------------------------------------- hooks
-def _has_video(kwargs: dict[str, Any]) -> bool:
-    return kwargs.get("pixel_values_videos") is not None or compat.encoder_outputs_video(kwargs) is not None
-
-
 def lm_pre_hook(state: StopState, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
     """Forward pre-hook on the inner language model: prunes a prefill, translates a decode step."""
     if state.config.is_identity:
@@ -683,7 +684,7 @@ def outer_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Modul
         state.call.set(call)
     call.base_entered = True
     call.positions_given = kwargs.get("position_ids") is not None
-    if not _has_video(kwargs):
+    if not state.adapter.has_video(kwargs):
         # No video features in this call: placeholder ids are ordinary tokens to the model (e.g. a decode step whose
         # generated token happens to be the video token id).
         return None
@@ -722,7 +723,7 @@ def top_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module,
     where pruning would move the requested positions."""
     call = CallState()
     state.call.set(call)
-    if state.config.is_identity or not _has_video(kwargs):
+    if state.config.is_identity or not state.adapter.has_video(kwargs):
         return None
     state.adapter.check_video_call(kwargs)
     call.labels = kwargs.pop("labels", None)

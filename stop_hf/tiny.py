@@ -133,6 +133,7 @@ def build_tiny_model(arch: str = "llava_onevision", seed: int = 0):
     torch.manual_seed(seed)
     model = compat.model_class(adapter.model_class)(tiny_config(arch))
     _sharpen(model, adapter.tiny_sharpen)
+    adapter.tiny_adjust(model)
     return model.eval()
 
 

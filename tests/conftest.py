@@ -12,7 +12,7 @@ from stop_hf import compat
 from stop_hf.testing import (
     build_processor,
     kept_logits,
-    masked_reference_logits,
+    reference_logits,
     synthetic_frames,
     tiny_checkpoint,
 )
@@ -98,10 +98,11 @@ def manual_greedy_logits(model, inputs, n=5):
 
 
 def assert_matches_reference(model, reference, inputs, tolerance=1e-5):
-    """The pruned forward equals the masked reference at every kept position; returns the prune report."""
+    """The pruned forward equals the architecture's reference (`lm_reference`: masked or shortened) at every kept
+    position; returns the prune report."""
     pruned = logits_of(model, inputs)
     report = stop_hf.last_prune_report(model)
-    ref_logits, keep = masked_reference_logits(reference, inputs, report)
+    ref_logits, keep = reference_logits(reference, inputs, report)
     rows = kept_logits(ref_logits, keep)
     assert pruned.shape[:2] == inputs["input_ids"].shape and torch.equal(computed(pruned), keep)
     for b, expected in enumerate(rows):

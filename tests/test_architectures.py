@@ -1,7 +1,8 @@
 """The invariant suite, once for every registered architecture (`stop_hf.patches.ARCHITECTURES`): identity at
-retention 1.0, unpatch, the masked reference, greedy generate equals a manual decode loop, beams, batches, isolation,
-save/reload and the guards. Inputs go through each architecture's own processor path (`ArchAdapter.processor_inputs`,
-what `VideoLLM` uses). Architecture-specific behaviour stays in the per-architecture files."""
+retention 1.0, unpatch, the architecture's reference (`lm_reference`: masked, or shortened for hybrid LLMs), greedy
+generate equals a manual decode loop, beams, batches, isolation, save/reload and the guards. Inputs go through each
+architecture's own processor path (`ArchAdapter.processor_inputs`, what `VideoLLM` uses). Architecture-specific
+behaviour stays in the per-architecture files."""
 
 from __future__ import annotations
 
@@ -26,13 +27,16 @@ from stop_hf.testing.reference import identical
 
 QUESTION = "what happens in the video ?"
 #: (architecture, position_mode) for the generate-mode tests: compact renumbering only where the LLM has 1-D positions
+#: and each video is one run of tokens (`compact_positions`)
 POSITION_MODES = [
     (name, mode)
     for name, cls in ARCHITECTURES.items()
-    for mode in (("original", "compact") if cls.positions_1d else ("original",))
+    for mode in (("original", "compact") if cls.positions_1d and cls.compact_positions else ("original",))
 ]
-WITH_1D_POSITIONS = [name for name, cls in ARCHITECTURES.items() if cls.positions_1d]
-WITHOUT_1D_POSITIONS = [name for name, cls in ARCHITECTURES.items() if not cls.positions_1d]
+WITH_1D_POSITIONS = [
+    name for name, cls in ARCHITECTURES.items() if cls.positions_1d and cls.compact_positions
+]
+WITHOUT_1D_POSITIONS = [name for name, cls in ARCHITECTURES.items() if name not in WITH_1D_POSITIONS]
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
@@ -116,7 +120,7 @@ def test_unpatch_restores_bit_identical(model, reference, inputs):
 
 # ------------------------------------------------------------------------------------------------ positions
 @pytest.mark.parametrize("retention", [0.5, 0.1])
-def test_pruned_prefill_equals_masked_reference(model, reference, inputs, retention):
+def test_pruned_prefill_equals_reference(model, reference, inputs, retention):
     stop_hf.patch(model, {"method": "uniform", "retention": retention})
     report = assert_matches_reference(model, reference, inputs)
     (entry,) = report
@@ -133,7 +137,8 @@ def test_pruned_prefill_equals_masked_reference(model, reference, inputs, retent
     [(m, s) for m in ("visionzip", "fastvid", "holitom") for s in (False, True)] + [("prunevid", False)],
 )
 def test_paper_methods_end_to_end(model, reference, inputs, method, sink):
-    """At the original positions, every method's prefill equals the masked reference (merged tokens included)."""
+    """At the original positions, every method's prefill equals the architecture's reference (merged tokens
+    included)."""
     config = {"method": method, "retention": 0.25, "sink": sink, "position_mode": "original"}
     if method == "fastvid":  # the frame-mean global feature exists on every architecture (no MAP head needed)
         config["global_feature"] = "mean"

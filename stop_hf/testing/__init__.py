@@ -16,7 +16,14 @@ from .models import (
     tiny_qwen2_5_vl_config,
     token_id,
 )
-from .reference import capture_lm_inputs, kept_logits, masked_reference_logits, spliced_reference_logits
+from .reference import (
+    capture_lm_inputs,
+    kept_logits,
+    masked_reference_logits,
+    reference_logits,
+    shortened_reference_logits,
+    spliced_reference_logits,
+)
 from .video import (
     qwen_vl_utils_pyav_backend,
     read_video,
@@ -35,9 +42,11 @@ __all__ = [
     "kept_logits",
     "masked_reference_logits",
     "qwen_vl_utils_pyav_backend",
+    "reference_logits",
     "read_video",
     "read_video_for_qwen_vl_utils",
     "save_tiny_checkpoint",
+    "shortened_reference_logits",
     "spliced_reference_logits",
     "synthetic_frames",
     "tiny_checkpoint",

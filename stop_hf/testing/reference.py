@@ -1,9 +1,16 @@
-"""The masked-reference oracle: a full-length forward of the UNPATCHED model in which dropped video tokens are masked
+"""The reference oracles. `reference_logits` picks the one the architecture names (`ArchAdapter.lm_reference`).
+
+The masked reference: a full-length forward of the UNPATCHED model in which dropped video tokens are masked
 out as keys, merged tokens replace their representative's embedding, and every token keeps its original position.
 A pruned prefill (position_mode='original') must reproduce its logits at the kept positions.
 
 The positions are whatever the unpatched model hands its language model: 1-D ids for LLaVA-OV, the (3, B, L) mRoPE
-ids of `get_rope_index` for Qwen2.5-VL (which needs `mm_token_type_ids`, as its processor returns them)."""
+ids of `get_rope_index` for Qwen2.5-VL (which needs `mm_token_type_ids`, as its processor returns them).
+
+The shortened reference (`shortened_reference_logits`): the unpatched language model fed exactly the kept tokens of each
+row (kept embeddings, merged tokens at their representatives, each at its original position), nothing masked. It holds
+for any LLM, including hybrid ones whose linear-attention layers carry a recurrent state through every position and
+ignore a 4-D mask (Qwen3.5), where the masked reference is no oracle."""
 
 from __future__ import annotations
 
@@ -153,3 +160,81 @@ def spliced_reference_logits(
             position_ids=torch.arange(sequence.shape[1])[None],
         ).last_hidden_state
         return unpatched_model.lm_head(hidden)
+
+
+def _kept_row(
+    report: list[dict[str, Any]], row: int, embeds: torch.Tensor, real: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row of the pruned prefill in `position_mode='original'`, built by hand from `report`: (columns (K,) the
+    prompt column of every emitted token, embeds (K, D)), sorted by column, each video's tokens in representative
+    order (as `stop_hf.hooks.splice_row` emits them)."""
+    fixed = real.clone()
+    columns, values = [], []
+    for entry in report:
+        result = entry["result"]
+        for (placed_row, _), grid in zip(entry["placements"], entry["positions"], strict=True):
+            if placed_row != row:
+                continue
+            fixed[grid] = False
+            order, perm = torch.sort(result.index, stable=True)
+            columns.append(grid[order])
+            values.append(result.embeds[perm].to(embeds.dtype))
+    kept = fixed.nonzero().squeeze(-1)
+    columns, values = torch.cat([kept, *columns]), torch.cat([embeds[kept], *values])
+    perm = torch.argsort(columns, stable=True)
+    return columns[perm], values[perm]
+
+
+def shortened_reference_logits(
+    unpatched_model: Any, inputs: dict[str, Any], report: list[dict[str, Any]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, L, V) in prompt coordinates of the UNPATCHED language model run, row by row, on exactly the kept
+    tokens (no padding, no mask): kept embeddings, merged tokens written at their representatives, every token at its
+    original position; NaN where nothing was computed. Also the kept mask (B, L). Where two tokens share a column
+    (FlashVID), the later one's logits are shown, as in a pruned forward.
+
+    `report` is `stop_hf.last_prune_report(patched_model)` for the same inputs (inside `report_embeddings()`)."""
+    if _per_token_lm_kwargs(unpatched_model):
+        raise NotImplementedError(
+            "the shortened reference does not slice per-token language-model kwargs "
+            f"({_per_token_lm_kwargs(unpatched_model)}); use masked_reference_logits"
+        )
+    _require_embeddings(report)
+    lm_inputs = capture_lm_inputs(unpatched_model, inputs)
+    embeds = lm_inputs["inputs_embeds"]
+    batch, length, _ = embeds.shape
+    pad = lm_inputs.get("attention_mask")
+    pad = torch.ones(batch, length, dtype=torch.bool) if pad is None else pad.bool()
+    positions = lm_inputs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(length)[None].expand(batch, length)
+    out = torch.full((batch, length, unpatched_model.lm_head.out_features), float("nan"))
+    keep = torch.zeros(batch, length, dtype=torch.bool)
+    for b in range(batch):
+        columns, row = _kept_row(report, b, embeds[b], pad[b])
+        row_positions = positions[..., b : b + 1, columns]
+        with torch.no_grad():
+            hidden = unpatched_model.model.language_model(
+                inputs_embeds=row[None],
+                attention_mask=torch.ones(1, columns.numel(), dtype=torch.long),
+                position_ids=row_positions,
+            ).last_hidden_state
+            logits = unpatched_model.lm_head(hidden)[0].float()
+        out[b, columns] = logits  # a repeated column keeps its last write: index_put_ in order on CPU
+        keep[b, columns] = True
+    return out, keep
+
+
+def reference_logits(
+    unpatched_model: Any, inputs: dict[str, Any], report: list[dict[str, Any]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The architecture's reference (`ArchAdapter.lm_reference`): masked or shortened; (B, L, V) logits and the kept
+    mask (B, L)."""
+    from stop_hf.patches import adapter_for
+
+    kind = adapter_for(unpatched_model).lm_reference
+    if kind == "shortened":
+        return shortened_reference_logits(unpatched_model, inputs, report)
+    if kind == "masked":
+        return masked_reference_logits(unpatched_model, inputs, report)
+    raise ValueError(f"lm_reference={kind!r}; allowed: masked, shortened")
