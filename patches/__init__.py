@@ -84,7 +84,7 @@ SUPPORTED_MODEL_TYPES: Mapping[str, str] = _View(
 )
 
 #: THE REGISTRY: one module per architecture, in this order; each registers its adapter with `@register_architecture`.
-ARCHITECTURE_MODULES = ("llava_onevision", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5")
+ARCHITECTURE_MODULES = ("llava_onevision", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5", "internvl")
 
 for _module in ARCHITECTURE_MODULES:
     importlib.import_module(f"{__name__}.{_module}")

@@ -72,6 +72,10 @@ class ArchAdapter:
     video_features_method: ClassVar[str] = compat.VIDEO_FEATURES_METHOD
     video_pixels_arg: ClassVar[str] = "pixel_values_videos"
 
+    #: True when the encoder sees video frames as separate images (InternVL): `video_records` returns one record per
+    #: frame and the frames one batch row holds, in prompt order, are pruned as one video
+    join_frames: ClassVar[bool] = False
+
     def has_video(self, kwargs: dict[str, Any]) -> bool:
         """Whether a model call carries video to encode (its pixels, or pre-computed video encoder outputs)."""
         return (
@@ -117,12 +121,17 @@ class ArchAdapter:
         plan = self.capture_plan(model, state)
 
         def make_wrapper(original):
-            def get_video_features(pixel_values_videos, *args, **kwargs):
-                inputs = self.check_video_inputs(plan, pixel_values_videos, args, kwargs)
+            def get_video_features(*args, **kwargs):
+                # the pixels come first, by position or by name (InternVL: get_image_features(pixel_values=...))
+                if args:
+                    pixels, args = args[0], args[1:]
+                else:
+                    pixels = kwargs.pop(self.video_pixels_arg)
+                inputs = self.check_video_inputs(plan, pixels, args, kwargs)
                 buffer = self.signal_buffer()
                 token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
                 try:
-                    output = original(pixel_values_videos, *args, **kwargs)
+                    output = original(pixels, *args, **kwargs)
                 finally:
                     state.stop_capture(token)
                 started = time.perf_counter()

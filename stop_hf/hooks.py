@@ -331,6 +331,45 @@ def _frames_contiguous(positions: torch.Tensor, record: VideoRecord) -> bool:
     return all(bool((run[:, 1:] - run[:, :-1] == 1).all()) for run in runs if run.shape[1] > 1)
 
 
+def join_row_frames(
+    matched: list[tuple[VideoRecord, torch.Tensor]],
+) -> list[tuple[VideoRecord, torch.Tensor]]:
+    """The single-frame records one row holds, in prompt order, joined into one video (for an architecture whose
+    encoder sees frames as separate images, `ArchAdapter.join_frames`). Each frame must be its own group: two frames
+    in one run of tokens are the tiles of one image, which cannot be pruned as a video."""
+    if not matched:
+        return matched
+    records = [record for record, _ in matched]
+    if any(r.frames != 1 or r.trailing_tokens for r in records):
+        raise StopUnsupportedError(
+            "stop_hf: join_frames expects one record per frame, without trailing tokens"
+        )
+    starts = torch.stack([positions[0] for _, positions in matched])
+    ends = torch.stack([positions[-1] for _, positions in matched])
+    if bool((starts[1:] == ends[:-1] + 1).any()):
+        raise StopUnsupportedError(
+            "stop_hf: two image tiles sit in one run of tokens (a multi-tile image); pruning reads every image group "
+            "of this architecture as a video frame and does not support multi-tile images. Pass the video alone, or "
+            "load the model without stop_config."
+        )
+
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(r, name) for r in records]
+        return None if values[0] is None else torch.cat(values)
+
+    joined = VideoRecord(
+        features=cat("features"),
+        frames=len(records),
+        grid=records[0].grid,
+        attention=cat("attention"),
+        keys=cat("keys"),
+        global_features=cat("global_features"),
+        attention_patches=records[0].attention_patches,
+        signal_seconds=sum(r.signal_seconds for r in records),
+    )
+    return [(joined, torch.cat([positions for _, positions in matched]))]
+
+
 def resolve_position_mode(state: StopState, positions: torch.Tensor) -> str:
     """The configured position mode, `auto` resolved by the architecture's reference policy."""
     mode = state.config.position_mode
@@ -455,7 +494,10 @@ def prune_prefill(
     rows_src, rows_embeds = [], []
     for b in range(batch):
         placed = []
-        for record, video_positions in _match_videos(embeds[b], video_mask[b].nonzero().squeeze(-1), videos):
+        matched = _match_videos(embeds[b], video_mask[b].nonzero().squeeze(-1), videos)
+        if state.adapter.join_frames:
+            matched = join_row_frames(matched)
+        for record, video_positions in matched:
             grid_positions = video_positions[: record.grid_tokens]
             if id(record) not in results:
                 results[id(record)] = _run_pruner(state, record, embeds[b, grid_positions])

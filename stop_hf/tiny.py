@@ -46,6 +46,11 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
+#: InternVL's image wrappers and context token, and the frame labels its processor writes (`Frame{i}: <img>...`):
+#: in the vocabulary after the words, so the other architectures' token ids do not move
+INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
+FRAME_LABELS = tuple(f"Frame{i}" for i in range(1, 129))
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -59,13 +64,16 @@ CHAT_TEMPLATE = (
 VOCAB_SIZE = 512
 
 
-def build_tokenizer():
-    """A word-level fast tokenizer with the special tokens both architectures need. ids: specials first."""
+def build_tokenizer(**named_tokens: str):
+    """A word-level fast tokenizer with the special tokens the architectures need. ids: specials first.
+
+    `named_tokens` (e.g. `context_image_token="<IMG_CONTEXT>"`) become named special tokens (attributes
+    `<name>` and `<name>_id`), as a real checkpoint's tokenizer config declares them."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in WORDS:
+    for word in (*WORDS, *INTERNVL_TOKENS, *FRAME_LABELS):
         vocab.setdefault(word, len(vocab))
     for i in range(len(vocab), VOCAB_SIZE):
         vocab[f"w{i}"] = i
@@ -79,8 +87,10 @@ def build_tokenizer():
         pad_token="<pad>",
         eos_token="<|im_end|>",
         bos_token=None,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<pad>", "<unk>")],
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<pad>", "<unk>")]
+        + [t for t in named_tokens.values() if t not in SPECIAL_TOKENS],
         padding_side="left",
+        **named_tokens,
     )
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tokenizer._tokenizer.decoder = backend.decoder
@@ -88,7 +98,9 @@ def build_tokenizer():
 
 
 def token_id(token: str) -> int:
-    return SPECIAL_TOKENS.index(token)
+    if token in SPECIAL_TOKENS:
+        return SPECIAL_TOKENS.index(token)
+    return len(SPECIAL_TOKENS) + len(dict.fromkeys(WORDS)) + INTERNVL_TOKENS.index(token)
 
 
 def _sharpen(module: torch.nn.Module, factors: dict[str, float]) -> None:

@@ -10,10 +10,10 @@ import warnings
 import pytest
 import torch
 from conftest import logits_of
+from stop_hf.patches import architecture
 
 import stop_hf
 from stop_hf import compat
-from stop_hf.patches import architecture
 from stop_hf.testing import (
     build_processor,
     masked_reference_logits,
