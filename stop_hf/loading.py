@@ -319,9 +319,11 @@ _KWARG_CLASSES: list[type] = []
 def install_from_pretrained_kwarg() -> None:
     """Makes `Cls.from_pretrained(..., stop_config=...)` work on the supported HF classes (and through
     AutoModelForImageTextToText, AutoModelForMultimodalLM and pipeline, which resolve to them). Their backbones
-    (`AutoModel`) warn that they load unpruned. Without a requested or stored config, loading is unchanged."""
+    (`AutoModel`) warn that they load unpruned. Any other class given a pruning stop_config= raises
+    `StopUnsupportedError` before reading a file. Without a requested or stored config, loading is unchanged."""
     from stop_hf.patches import SUPPORTED_MODEL_TYPES
 
+    _install_unsupported_refusal()
     for model_type, name in SUPPORTED_MODEL_TYPES.items():
         cls = compat.model_class(name)
         if "from_pretrained" not in cls.__dict__:
@@ -334,7 +336,43 @@ def install_from_pretrained_kwarg() -> None:
             _KWARG_CLASSES.append(backbone)
 
 
+def _refusing_from_pretrained(original: classmethod) -> classmethod:
+    """`PreTrainedModel.from_pretrained` that refuses `stop_config=` (a config that prunes) for a class stop_hf does
+    not support, before any file is read; the supported classes' own `from_pretrained` takes the kwarg first."""
+
+    def from_pretrained(cls: type, *args: Any, stop_config: ConfigLike | None = _UNSET, **kwargs: Any) -> Any:
+        if stop_config is not _UNSET and not means_no_pruning(stop_config):
+            from stop_hf.patches import ADAPTERS
+
+            from .hooks import StopUnsupportedError
+
+            raise StopUnsupportedError(
+                f"stop_hf does not support {cls.__name__}: stop_config= applies to the supported model classes "
+                f"{sorted(ADAPTERS)}. Load it without stop_config (or with stop_config=None)."
+            )
+        return original.__func__(cls, *args, **kwargs)
+
+    from_pretrained.__doc__ = original.__func__.__doc__
+    return classmethod(from_pretrained)
+
+
+_PRETRAINED_ORIGINAL: list[classmethod] = []
+
+
+def _install_unsupported_refusal() -> None:
+    from transformers import PreTrainedModel
+
+    if not _PRETRAINED_ORIGINAL:
+        original = PreTrainedModel.__dict__["from_pretrained"]
+        _PRETRAINED_ORIGINAL.append(original)
+        PreTrainedModel.from_pretrained = _refusing_from_pretrained(original)
+
+
 def uninstall_from_pretrained_kwarg() -> None:
+    if _PRETRAINED_ORIGINAL:
+        from transformers import PreTrainedModel
+
+        PreTrainedModel.from_pretrained = _PRETRAINED_ORIGINAL.pop()
     while _KWARG_CLASSES:
         cls = _KWARG_CLASSES.pop()
         if cls.__dict__.get("from_pretrained") is not None:

@@ -334,3 +334,21 @@ def test_backbone_loads_unpruned_and_says_so(arch, stored_checkpoint, stored, kw
     if asked:
         assert "loaded UNPRUNED" in ours[0] and type(model).__name__ in ours[0]
     assert not stop_hf.is_patched(model) and "stop_config" not in model.config.__dict__
+
+
+def test_unsupported_class_with_stop_config_is_refused_before_reading_files(tmp_path):
+    """A class stop_hf does not patch, given a pruning stop_config=, names itself and the supported classes; the
+    path does not exist, so the refusal comes before any file (config or weights) is read. None loads as usual."""
+    import transformers
+    from stop_hf.patches import ADAPTERS
+
+    from stop_hf import StopUnsupportedError
+
+    missing = tmp_path / "no-such-checkpoint"
+    with pytest.raises(
+        StopUnsupportedError, match="does not support Gemma3ForConditionalGeneration"
+    ) as error:
+        transformers.Gemma3ForConditionalGeneration.from_pretrained(missing, stop_config="visionzip_stop_r10")
+    assert all(name in str(error.value) for name in ADAPTERS)
+    with pytest.raises(OSError):  # unpruned: HF's own load runs (and finds nothing)
+        transformers.Gemma3ForConditionalGeneration.from_pretrained(missing, stop_config=None)
