@@ -39,7 +39,7 @@ def test_exact_counts_gqa_and_swiglu():
     assert exact_prefill_flops(3137, LLMShape()) > fastv_flops(3137, LLMShape())
 
 
-@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "internvl"])
 def test_exact_flops_match_flop_counter(arch):
     from stop_hf.patches import adapter_for
     from torch.utils.flop_counter import FlopCounterMode
@@ -204,3 +204,9 @@ def test_bench_times_the_prefill_layers_through_hooks_only(arch, method, monkeyp
     assert len(timer.times) == layers and all(t > 0 for t in timer.times)
     assert result["layer_s"] == pytest.approx(sum(timer.times) / layers)
     assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in hooked] == hooks_before
+
+
+def test_hybrid_llm_is_refused_with_its_reason():
+    """Qwen3.5's LLM is 3/4 linear attention: the transformer FLOP model does not apply, and the bench says so."""
+    with pytest.raises(ValueError, match="hybrid LLM"):
+        build_config("qwen3_5", 1, 1)

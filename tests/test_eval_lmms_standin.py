@@ -76,11 +76,15 @@ def test_manifests_name_every_wrapper(plugin):
         "qwen2_vl_stop": "stop_hf.eval.lmms.Qwen2VLStop",
         "qwen3_vl_stop": "stop_hf.eval.lmms.Qwen3VLStop",
         "qwen3_vl_moe_stop": "stop_hf.eval.lmms.Qwen3VLMoeStop",
+        "qwen3_5_stop": "stop_hf.eval.lmms.Qwen3_5Stop",
+        "qwen3_5_moe_stop": "stop_hf.eval.lmms.Qwen3_5MoeStop",
+        "internvl_stop": "stop_hf.eval.lmms.InternVLStop",
     }
 
 
 @pytest.mark.parametrize(
-    ("wrapper", "arch"), [("LlavaOneVisionStop", "llava_onevision"), ("Qwen3VLStop", "qwen3_vl")]
+    ("wrapper", "arch"),
+    [("LlavaOneVisionStop", "llava_onevision"), ("Qwen3VLStop", "qwen3_vl"), ("InternVLStop", "internvl")],
 )
 def test_generate_until_on_a_tiny_model(plugin, tmp_path, wrapper, arch):
     model = getattr(plugin, wrapper)(

@@ -148,7 +148,7 @@ def test_missing_matplotlib_gives_the_install_hint(monkeypatch):
         viz._pyplot()
 
 
-@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl"])
 def test_real_pipeline_report_round_trips(arch):
     """A report from the tiny model through the real hooks: the overlay outlines exactly its kept tokens."""
     from stop_hf.runner import VideoLLM
