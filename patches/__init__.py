@@ -13,10 +13,20 @@ from .base import ArchAdapter
 
 #: architecture name -> adapter class, in registration order
 ARCHITECTURES: dict[str, type[ArchAdapter]] = {}
+#: architecture name -> model class, for adapters whose model the installed transformers does not have
+UNAVAILABLE: dict[str, str] = {}
+
+
+def _model_available(cls: type[ArchAdapter]) -> bool:
+    """Whether the installed transformers has the adapter's model package (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"transformers.models.{cls.model_types[0]}") is not None
 
 
 def register_architecture(cls: type[ArchAdapter]) -> type[ArchAdapter]:
-    """Registers an adapter under its `name`; a taken name, model class or model_type raises."""
+    """Registers an adapter under its `name`; a taken name, model class or model_type raises. An adapter whose model
+    the installed transformers lacks (e.g. Qwen3.5 before 5.23) is left out and named in `UNAVAILABLE`."""
     for field in ("name", "model_class", "model_types", "lmms_model", "lmms_class"):
         if not getattr(cls, field):
             raise ValueError(
@@ -36,12 +46,22 @@ def register_architecture(cls: type[ArchAdapter]) -> type[ArchAdapter]:
             other = taken[field].get(value)
             if other is not None and other is not cls:
                 raise ValueError(f"{field} {value!r} is already registered by {other.__qualname__}")
+    if not _model_available(cls):
+        UNAVAILABLE[cls.name] = cls.model_class
+        return cls
     ARCHITECTURES[cls.name] = cls
     return cls
 
 
 def architecture(name: str) -> ArchAdapter:
     """The adapter of a registered architecture name, or a clear error naming the allowed ones."""
+    if name in UNAVAILABLE:
+        import transformers
+
+        raise ValueError(
+            f"arch={name!r} needs {UNAVAILABLE[name]}, which transformers {transformers.__version__} does not have; "
+            f"upgrade transformers, or use one of {list(ARCHITECTURES)}"
+        )
     if name not in ARCHITECTURES:
         raise ValueError(f"arch={name!r} is not supported; allowed: {list(ARCHITECTURES)}")
     return ARCHITECTURES[name]()
@@ -94,6 +114,7 @@ __all__ = [
     "ARCHITECTURES",
     "ArchAdapter",
     "SUPPORTED_MODEL_TYPES",
+    "UNAVAILABLE",
     "adapter_for",
     "architecture",
     "register_architecture",

@@ -336,13 +336,19 @@ def _mm_encoder_outputs() -> None:
 
 
 def _video_features_method() -> None:
-    for name in (_backbone_of(adapter) for adapter in _registered()):
-        cls = model_class(name)
-        method = getattr(cls, VIDEO_FEATURES_METHOD, None)
+    # each adapter names its method and pixel kwarg (default get_video_features / pixel_values_videos; InternVL
+    # encodes frames as images)
+    for adapter in _registered():
+        name, method_name, pixels = (
+            _backbone_of(adapter),
+            adapter.video_features_method,
+            adapter.video_pixels_arg,
+        )
+        method = getattr(model_class(name), method_name, None)
         if method is None:
-            raise ValueError(f"{name} has no {VIDEO_FEATURES_METHOD}")
-        if "pixel_values_videos" not in inspect.signature(method).parameters:
-            raise ValueError(f"{name}.{VIDEO_FEATURES_METHOD} does not take pixel_values_videos")
+            raise ValueError(f"{name} has no {method_name}")
+        if pixels not in inspect.signature(method).parameters:
+            raise ValueError(f"{name}.{method_name} does not take {pixels}")
 
 
 def _rope_deltas() -> None:
@@ -429,7 +435,7 @@ CONTRACTS: tuple[Contract, ...] = (
     ),
     Contract(
         f"*Model.{VIDEO_FEATURES_METHOD}",
-        "the base model encodes videos in this method, taking pixel_values_videos",
+        "the base model encodes videos in the adapter's video_features_method, taking its video_pixels_arg",
         _video_features_method,
     ),
     Contract(

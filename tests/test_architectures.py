@@ -105,13 +105,13 @@ def test_identity_configs_are_bit_identical(model, reference, inputs, config):
     assert torch.equal(greedy(model, inputs), greedy(reference, inputs))
 
 
-def test_unpatch_restores_bit_identical(model, reference, inputs):
+def test_unpatch_restores_bit_identical(arch, model, reference, inputs):
     unpatched = logits_of(model, inputs)
     stop_hf.patch(model, {"method": "visionzip", "retention": 0.1, "sink": True})
     assert not computed(logits_of(model, inputs)).all()
     stop_hf.unpatch(model)
     assert not stop_hf.is_patched(model) and not hasattr(model.config, "stop_config")
-    assert compat.VIDEO_FEATURES_METHOD not in vars(model.model)
+    assert architecture(arch).video_features_method not in vars(model.model)
     logits_of(reference, inputs)  # transformers adds some hooks on a model's first forward
     assert hook_counts(model) == hook_counts(reference)  # every stop_hf hook removed
     assert torch.equal(logits_of(model, inputs), unpatched)
@@ -274,7 +274,8 @@ def test_two_models_and_a_deepcopy_do_not_affect_each_other(arch, reference, inp
     assert identical(logits_of(model_b, inputs), first_b)
     assert model_a.config.stop_config["retention"] == 0.5 and model_b.config.stop_config["retention"] == 0.1
     # patching is per instance: the unpatched model's modules carry no wrapper
-    assert not any(compat.VIDEO_FEATURES_METHOD in vars(module) for module in reference.modules())
+    wrapped = architecture(arch).video_features_method
+    assert not any(wrapped in vars(module) for module in reference.modules())
     clone = copy.deepcopy(model_a)
     assert stop_hf.get_stop_config(clone) == stop_hf.get_stop_config(model_a)
     assert identical(logits_of(clone, inputs), first_a)

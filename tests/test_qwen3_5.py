@@ -74,3 +74,21 @@ def test_masked_reference_differs_where_the_shortened_one_holds(reference, input
     assert torch.equal(keep, masked_keep) and torch.equal(~torch.isnan(pruned[..., 0]), keep)
     assert (pruned[keep] - shortened[keep]).abs().max() <= 1e-5
     assert (pruned[keep] - masked[keep]).abs().max() > 1e-2
+
+
+def test_an_adapter_whose_model_transformers_lacks_is_left_out_and_named(monkeypatch):
+    """On a transformers without Qwen3.5 (before 5.23) its adapters are not registered; asking for them says why."""
+    from stop_hf import patches
+
+    class Missing(type(architecture(ARCH))):
+        name = "qwen3_5_missing"
+        model_class = "Qwen3_5MissingForConditionalGeneration"
+        model_types = ("qwen3_5_missing",)
+        lmms_model = "qwen3_5_missing_stop"
+        lmms_class = "Qwen3_5MissingStop"
+
+    monkeypatch.setattr(patches, "UNAVAILABLE", dict(patches.UNAVAILABLE))
+    patches.register_architecture(Missing)
+    assert "qwen3_5_missing" not in patches.ARCHITECTURES
+    with pytest.raises(ValueError, match="needs Qwen3_5MissingForConditionalGeneration, which transformers"):
+        patches.architecture("qwen3_5_missing")
