@@ -168,3 +168,16 @@ def test_a_resume_with_another_protocol_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(MVBench, "prefill", "Answer: (")
     with pytest.raises(ValueError, match="protocol="):
         evaluate(llm, "mvbench", root, tmp_path / "r.json", progress=False)
+
+
+def test_runs_under_different_protocols_are_not_compared(tmp_path, monkeypatch):
+    from stop_hf.eval.benchmarks import MVBench
+    from stop_hf.eval.runner import compare_to_reference
+
+    root = synthetic.make_mvbench(tmp_path / "mv")
+    first = evaluate(Recorder({"Question": "A"}), "mvbench", root, tmp_path / "a.json", progress=False)
+    monkeypatch.setattr(MVBench, "system", "Watch.")
+    second = evaluate(Recorder({"Question": "A"}), "mvbench", root, tmp_path / "b.json", progress=False)
+    with pytest.raises(ValueError, match=r"different protocols \(prompt, system differ\)"):
+        compare_to_reference(second, first)
+    assert compare_to_reference(first, first)["mismatches"] == []
