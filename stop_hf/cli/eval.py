@@ -277,9 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..eval.runner import compare_to_reference
 
-        results["vs_reference"] = compare_to_reference(
-            results, reference, allow_mismatch=args.allow_mismatch
-        )
+        results["vs_reference"] = compare_to_reference(results, reference, allow_mismatch=args.allow_mismatch)
         Path(args.out).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     from .compare import format_table
 

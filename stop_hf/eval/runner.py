@@ -711,8 +711,9 @@ def comparability(results: dict[str, Any], reference: dict[str, Any]) -> list[st
             if key == "sample_set":
                 detail = f" ({results.get('n_samples')} vs {reference.get('n_samples')} samples)"
             problems.append(f"different {what}{detail}")
+    # another prompt, system message or pre-fill: the answers are not to one question
     mine, theirs = (r.get("identity", {}).get("protocol") for r in (results, reference))
-    if mine is not None and theirs is not None and mine != theirs:  # another prompt, system message or pre-fill
+    if mine is not None and theirs is not None and mine != theirs:
         keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         problems.append(f"different protocols ({', '.join(keys)} differ)")
     return problems
