@@ -184,26 +184,48 @@ class VideoLLM:
 
         return load_frames(video, self.num_frames)
 
-    def prompt(self, question: str, num_videos: int = 1) -> str:
+    def prompt(
+        self, question: str, num_videos: int = 1, system: str | None = None, prefill: str | None = None
+    ) -> str:
+        """The chat-template text: an optional `system` message, the user turn (videos, then `question`), the
+        generation prompt, then `prefill` as the start of the assistant's reply (the words a benchmark's official
+        code puts in the model's mouth, e.g. MVBench's "Best option:("; the model continues after them)."""
+        _check_text("system", system)
+        _check_text("prefill", prefill)
         content = [{"type": "video"}] * num_videos + [{"type": "text", "text": question}]
-        return self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
+        messages = [{"role": "user", "content": content}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + (prefill or "")
 
-    def prepare(self, video: Any, question: str) -> dict[str, Any]:
-        """Processor inputs for one video and one question, on the model's device."""
+    def prepare(
+        self, video: Any, question: str, system: str | None = None, prefill: str | None = None
+    ) -> dict[str, Any]:
+        """Processor inputs for one video and one question (see `prompt` for `system` / `prefill`), on the
+        model's device."""
         if not question or not str(question).strip():
             raise ValueError("question must be a non-empty string")
+        prompt = self.prompt(question, system=system, prefill=prefill)
         decoded = [self.adapter.decode_video(video, self.num_frames)]
-        inputs = self.adapter.processor_inputs(
-            self.processor, [self.prompt(question)], decoded, return_tensors="pt"
-        )
+        inputs = self.adapter.processor_inputs(self.processor, [prompt], decoded, return_tensors="pt")
         return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     # ------------------------------------------------------------------ answering
     @torch.no_grad()
-    def answer(self, video: Any, question: str, max_new_tokens: int = 32, **generate_kwargs: Any) -> Answer:
-        inputs = self.prepare(video, question)
+    def answer(
+        self,
+        video: Any,
+        question: str,
+        max_new_tokens: int = 32,
+        system: str | None = None,
+        prefill: str | None = None,
+        **generate_kwargs: Any,
+    ) -> Answer:
+        """Greedy answer to `question` about `video`. `system`: a system message; `prefill`: the start of the
+        assistant's reply, after the generation prompt. `Answer.text` is what the model generated after it (the
+        pre-fill is not repeated: a benchmark's official post-processing decides what is scored)."""
+        inputs = self.prepare(video, question, system=system, prefill=prefill)
         return self.generate(inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def _timed_generate(
@@ -256,8 +278,15 @@ class VideoLLM:
         """Frames of a `decode_video` result (a batch holds videos of one frame count)."""
         return self.adapter.frame_count(decoded)
 
-    def prepare_batch(self, decoded: list[Any], questions: list[str]) -> dict[str, Any]:
-        """Left-padded processor inputs, one row per (decoded video, question), on the model's device."""
+    def prepare_batch(
+        self,
+        decoded: list[Any],
+        questions: list[str],
+        system: str | None = None,
+        prefill: str | None = None,
+    ) -> dict[str, Any]:
+        """Left-padded processor inputs, one row per (decoded video, question), on the model's device; `system` and
+        `prefill` (see `prompt`) are shared by every row."""
         if not decoded or len(decoded) != len(questions):
             raise ValueError(
                 f"answer_batch needs one question per video, got {len(decoded)} videos and {len(questions)} "
@@ -268,21 +297,27 @@ class VideoLLM:
         counts = sorted({self.frame_count(d) for d in decoded})
         if len(counts) > 1:  # LLaVA-OV's processor stacks a batch's videos; one count keeps both archs alike
             raise ValueError(f"a batch holds videos of one frame count, got counts {counts}")
-        prompts = [self.prompt(q) for q in questions]
+        prompts = [self.prompt(q, system=system, prefill=prefill) for q in questions]
         text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
         inputs = self.adapter.processor_inputs(self.processor, prompts, decoded, **text_kwargs)
         return {k: (v.to(self.model.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
     @torch.no_grad()
     def answer_batch(
-        self, videos: list[Any], questions: list[str], max_new_tokens: int = 32, **generate_kwargs: Any
+        self,
+        videos: list[Any],
+        questions: list[str],
+        max_new_tokens: int = 32,
+        system: str | None = None,
+        prefill: str | None = None,
+        **generate_kwargs: Any,
     ) -> list[Answer]:
         """One `Answer` per (video, question), generated as one left-padded batch. Each row's text and token
         counts equal `answer` on that row alone (lean batches: docs/guarantees.md). `videos` may be paths, clips,
         frame arrays or `decode_video` results; every video must have the same frame count. The batch's timings
         are split equally over its rows (`timings["batch_size"]` says how many shared them)."""
         decoded = [v if isinstance(v, dict) else self.decode_video(v) for v in videos]
-        inputs = self.prepare_batch(decoded, questions)
+        inputs = self.prepare_batch(decoded, questions, system=system, prefill=prefill)
         output, timer, report, shared = self._timed_generate(inputs, max_new_tokens, generate_kwargs)
         rows = len(decoded)
         prompt_length = inputs["input_ids"].shape[1]
@@ -308,6 +343,11 @@ class VideoLLM:
             )
             for row in range(rows)
         ]
+
+
+def _check_text(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{name}={value!r}: must be a non-empty string, or None for none")
 
 
 def qwen_video_element(video: Any, num_frames: int = 8) -> dict[str, Any]:

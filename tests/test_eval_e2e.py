@@ -9,7 +9,9 @@ from stop_hf.eval import synthetic
 from stop_hf.eval.metrics import (
     eventhallusion_yes_no,
     mlvu_official_correct,
-    mvbench_official_correct,
+    mvbench_guarded_correct,
+    mvbench_notebook_answer,
+    mvbench_notebook_correct,
     videocomp_official_correct,
     videomme_official_letter,
 )
@@ -70,8 +72,11 @@ def test_tiny_end_to_end(tmp_path, bench, model):
         assert m["binary_accuracy"] == pytest.approx(hand)
         assert m["desc_accuracy"] == "skipped"
     elif bench == "mvbench":  # the official Avg: correct / items
-        hand = 100 * sum(mvbench_official_correct(r["answer"], r["gt"]) for r in records) / len(records)
+        scored = [(mvbench_notebook_answer(r["answer"]), r["gt"]) for r in records]  # "(" + the first line
+        hand = 100 * sum(mvbench_notebook_correct(text, gt) for text, gt in scored) / len(records)
         assert m["accuracy"] == pytest.approx(hand)
+        hand = 100 * sum(mvbench_guarded_correct(text, gt) for text, gt in scored) / len(records)
+        assert m["accuracy_guarded"] == pytest.approx(hand)
     elif bench == "videocomp":
         act = [r for r in records if r["meta"]["subset"] == "activitynet"]
         hand = (

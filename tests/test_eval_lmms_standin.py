@@ -116,5 +116,55 @@ def test_generate_until_on_a_tiny_model(plugin, tmp_path, wrapper, arch):
     assert all(a.video_tokens_after < a.video_tokens for a in model.last_answers)  # pruning was on
     with pytest.raises(ValueError, match="unexpected model_args"):
         plugin.LlavaOneVisionStop(pretrained="tiny-llava_onevision", bogus=1)
-    with pytest.raises(ValueError, match="batch_size must be 1"):
-        plugin.LlavaOneVisionStop(pretrained="tiny-llava_onevision", batch_size=2)
+    for bad in (0, "auto"):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            plugin.LlavaOneVisionStop(pretrained="tiny-llava_onevision", batch_size=bad)
+
+
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen3_vl"])
+def test_batch_size_above_one_gives_the_records_of_batch_size_one(plugin, tmp_path, arch):
+    """5 documents (two frame counts, two generation lengths, two `until`s) at batch size 3 and 1: the same
+    outputs, token counts and order; the batched run makes fewer `generate` calls."""
+    model = getattr(plugin, plugin.WRAPPERS[f"{arch}_stop"].__name__)(
+        pretrained=f"tiny-{arch}", stop_config="visionzip_stop_r10", max_frames_num="4"
+    )
+    videos = [
+        str(write_video(tmp_path / f"v{i}.mp4", num_frames=4, height=96, width=128, seed=i)) for i in range(3)
+    ]
+    docs = [{"video": videos[0]}, {"video": videos[1]}, {"frames": list(synthetic_frames(2, 96, 128))}]
+    docs += [{"video": videos[2]}, {"video": videos[0]}]
+    model.task_dict = {"toy": {"test": docs}}
+
+    def doc_to_visual(doc):
+        return [doc["video"]] if "video" in doc else doc["frames"]
+
+    settings = [
+        {"max_new_tokens": 4, "until": ["\n\n"]},
+        {"max_new_tokens": 4, "until": ["\n\n"]},
+        {"max_new_tokens": 4},
+        {"max_new_tokens": 3, "until": "xyz"},
+        {"max_new_tokens": 4, "until": ["\n\n"]},
+    ]
+    questions = ["What moves?", "Which colour?", "How many?", "Where?", "Why?"]
+    requests = [
+        StandInInstance("generate_until", (f"<image>\n{q}", g, doc_to_visual, i, "toy", "test"))
+        for i, (q, g) in enumerate(zip(questions, settings))
+    ]
+
+    def run(batch_size):
+        model._batch_size = batch_size
+        calls = []
+        generate = model.llm.model.generate
+        model.llm.model.generate = lambda *a, **k: calls.append(1) or generate(*a, **k)
+        try:
+            outputs = model.generate_until(requests)
+        finally:
+            model.llm.model.generate = generate
+        counts = [(a.video_tokens, a.video_tokens_after, a.prompt_tokens) for a in model.last_answers]
+        return outputs, counts, len(calls)
+
+    single, batched = run(1), run(3)
+    assert batched[0] == single[0] and batched[1] == single[1]
+    assert single[2] == 5 and batched[2] < 5
+    assert len({c[0] for c in single[1]}) == 2  # two frame counts were mixed in the requests
+    assert model.batch_size == 3

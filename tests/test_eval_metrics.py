@@ -6,13 +6,18 @@ import pytest
 from stop_hf.eval.metrics import (
     eventhallusion_yes_no,
     judge_verdict,
+    lmms_mcq_letter,
     mc_letter,
     mlvu_official_correct,
+    mvbench_guarded_correct,
     mvbench_lmms_correct,
+    mvbench_notebook_answer,
+    mvbench_notebook_correct,
     mvbench_official_correct,
     relative_drop,
     strip_option_prefix,
     videocomp_official_correct,
+    videomme_lmms_legacy_letter,
     videomme_lmms_letter,
     videomme_official_letter,
 )
@@ -78,57 +83,167 @@ def test_judge_verdict_drops_bold_markers():
 
 # Video-MME official: BradyFU/Video-MME README -> thanku-all/parse_answer eval_your_results.py
 # `extract_characters_regex` (strip, drop answer prefixes, >10 words without A-D -> "", else the first capital A-D
-# anywhere). lmms-eval <= 0.6 lmms_eval/tasks/videomme/utils.py: same scan, a shorter prefix list (no "Answer:",
-# "Option:", "The correct answer/option").
-VIDEOMME = [  # (answer, official letter, lmms-eval letter)
-    ("A", "A", "A"),
-    ("(B)", "B", "B"),
-    ("C.", "C", "C"),
-    ("  D  ", "D", "D"),
-    ("The answer is B", "B", "B"),
-    ("The best answer is A", "A", "A"),
-    ("**C**", "C", "C"),
-    ("答案是C", "C", "C"),
-    ("La réponse est (C).", "C", "C"),
-    ("I think it's C.", "C", "C"),
-    ("Berries.", "B", "B"),  # the B of the option text
-    ("Based on the video, the answer is C", "B", "B"),  # the first capital A-D wins
-    ("Best option: C", "B", "B"),  # "Best option:" is never removed (missing comma in the list)
-    ("Answer: D", "D", "A"),  # lmms-eval keeps "Answer:" and takes its A
-    ("Answer:C", "C", "A"),
-    ("Option: A", "A", "A"),
-    ("The answer: A", "A", "A"),
-    ("The correct option is B", "B", "B"),
-    ("The best option is D", "D", "D"),
-    ("Dogs run", "D", "D"),
-    ("Cats", "C", "C"),
-    ("A. Apples.", "A", "A"),
-    ("D. The three kinds are of the same number.", "D", "D"),
-    ("b", "", ""),  # lower-case letters are never read
-    ("(a)", "", ""),
-    ("a cat sleeps", "", ""),
-    ("Yes.", "", ""),
-    ("No.", "", ""),
-    ("None of the above", "", ""),
-    ("E", "", ""),
-    ("", "", ""),
-    (None, "", ""),
-    ("the video shows a man walking his dog in the park today", "", ""),  # > 10 words, no A-D
+# anywhere). lmms-eval <= 0.7.1 lmms_eval/tasks/videomme/utils.py (legacy): same scan, a shorter prefix list (no
+# "Answer:", "Option:", "The correct answer/option"). lmms-eval 0.7.2/0.7.3 `_task_utils/mcq_extract.py`: every
+# shape is a candidate; a standalone letter at the start (10) / end (9), then "answer is X"-style phrases (7, the
+# later letter after the first phrase), "(X)" 6, "X." 5, "X:" 4, "X)" 3, "X " 2, any X 0; ties: the later position.
+VIDEOMME = [  # (answer, official letter, lmms-eval 0.7.2/0.7.3 letter, lmms-eval <= 0.7.1 letter)
+    ("A", "A", "A", "A"),
+    ("(B)", "B", "B", "B"),
+    ("C.", "C", "C", "C"),
+    ("  D  ", "D", "D", "D"),
+    ("The answer is B", "B", "B", "B"),
+    ("The best answer is A", "A", "A", "A"),
+    ("**C**", "C", "C", "C"),
+    ("答案是C", "C", "C", "C"),
+    ("La réponse est (C).", "C", "C", "C"),
+    ("I think it's C.", "C", "C", "C"),
+    ("Berries.", "B", "B", "B"),  # the B of the option text
+    ("Option: A", "A", "A", "A"),
+    ("The answer: A", "A", "A", "A"),
+    ("The correct option is B", "B", "B", "B"),
+    ("The best option is D", "D", "D", "D"),
+    ("Dogs run", "D", "D", "D"),
+    ("Cats", "C", "C", "C"),
+    ("A. Apples.", "A", "A", "A"),
+    ("D. The three kinds are of the same number.", "D", "D", "D"),
+    ("B\nBecause the dog runs", "B", "B", "B"),  # a letter, then a newline
+    ("D\n", "D", "D", "D"),
+    ("C is the answer", "C", "C", "C"),
+    ("Both A and B", "B", "B", "B"),  # 0.7.2: the standalone B at the end
+    ("(C) because B is wrong", "C", "C", "C"),
+    ("My choice is D", "D", "D", "D"),
+    ("I choose B", "B", "B", "B"),
+    ("Option B", "B", "B", "B"),
+    ("B or C? C", "B", "B", "B"),
+    ("A or B", "A", "A", "A"),
+    ("The best answer is:B", "B", "B", "B"),
+    ("b", "", "", ""),  # lower-case letters are never read
+    ("(a)", "", "", ""),
+    ("a cat sleeps", "", "", ""),
+    ("Yes.", "", "", ""),
+    ("No.", "", "", ""),
+    ("None of the above", "", "", ""),
+    ("E", "", "", ""),
+    ("", "", "", ""),  # an empty answer
+    ("   ", "", "", ""),
+    (None, "", "", ""),
+    ("the video shows a man walking his dog in the park today", "", "", ""),  # > 10 words, no A-D
+    # the shapes where lmms-eval 0.7.2/0.7.3 and <= 0.7.1 read different letters
+    ("Based on the video, the answer is C", "B", "C", "B"),  # <= 0.7.1: the first capital A-D wins
+    ("Best option: C", "B", "C", "B"),  # "Best option:" is never removed (missing comma in the list)
+    ("Best option: (C)", "B", "C", "B"),
+    ("Answer: D", "D", "D", "A"),  # <= 0.7.1 keeps "Answer:" and takes its A
+    ("Answer:C", "C", "C", "A"),
+    ("Answer: C", "C", "C", "A"),
+    ("Definitely B", "D", "B", "D"),
+    ("Definitely (A)", "D", "A", "D"),
+    ("Correct answer: D", "C", "D", "C"),
+    ("Correct option: B", "C", "B", "C"),
+    ("Clearly, the answer is A", "C", "A", "C"),
+    ("After watching, the answer is D", "A", "D", "A"),
+    ("All of them; D", "A", "D", "A"),
+    ("The video shows a dog. Answer: B", "B", "B", "A"),
+    ("Choice (D)", "C", "D", "C"),
+    ("Answer (B)", "A", "B", "A"),
+    ("ANSWER: D", "A", "D", "A"),
+    ("Best answer: A", "B", "A", "B"),
+    ("The answer is (A), not (B)", "A", "B", "A"),  # 0.7.2: the later letter after the phrase
+    ("I think the answer is C because A is wrong", "C", "A", "C"),
+    ("BD", "B", "D", "B"),
+    ("So the answer is B. Because C moves", "B", "C", "B"),
 ]
+#: how many shapes of the table the two lmms-eval extractors read differently (for the docs' claim)
+LMMS_SHAPES_THAT_DIFFER = 22
 
 
-@pytest.mark.parametrize("text, official, lmms", VIDEOMME)
-def test_videomme_official_and_lmms_extraction(text, official, lmms):
+@pytest.mark.parametrize("text, official, lmms, legacy", VIDEOMME)
+def test_videomme_official_and_lmms_extraction(text, official, lmms, legacy):
     assert videomme_official_letter(text) == official
     assert videomme_lmms_letter(text) == lmms
+    assert videomme_lmms_legacy_letter(text) == legacy
+
+
+def test_the_lmms_extractors_differ_on_the_listed_shapes():
+    differ = [row for row in VIDEOMME if row[2] != row[3]]
+    assert len(differ) == LMMS_SHAPES_THAT_DIFFER
+    assert {"Answer: C", "Best option: (C)", "Definitely B"} <= {row[0] for row in differ}
+
+
+def test_lmms_mcq_letter_default_choices_reach_h():
+    # mcq_extract.py:17: choices default to A-H; Video-MME passes A-D
+    assert lmms_mcq_letter("F.") == "F" and videomme_lmms_letter("F.") == ""
+    assert lmms_mcq_letter("H") == "H" and lmms_mcq_letter("Z") == ""
+
+
+def test_lmms_mcq_letter_matches_the_installed_lmms_eval():
+    """Where lmms-eval is installed (the CI lmms venv), our extraction equals its own on the whole table."""
+    mcq = pytest.importorskip("lmms_eval.tasks._task_utils.mcq_extract")
+    for text, _, lmms, _ in VIDEOMME:
+        assert mcq.extract_mcq_answer(text, choices=["A", "B", "C", "D"]) == lmms, text
 
 
 def test_videomme_table_is_large_enough():
     assert len(VIDEOMME) >= 30
 
 
-# MVBench: OpenGVLab/Ask-Anything video_chat2/mvbench.ipynb `check_ans` (guarded form): the first " "-token of the
-# lower-cased answer must hold a letter a-g and be a substring of "(x)" (after dropping "."), or contain "(x)".
+# MVBench, as OpenGVLab/Ask-Anything video_chat2/mvbench.ipynb runs it: the output (after the "Best option:("
+# pre-fill) is cut to its first stripped line and prefixed with "(" (cell 14), then `check_ans` (cell 15): the
+# lower-cased first " "-token without "." is a substring of "(x)", or contains "(x)". "(" alone is a substring of
+# every "(x)": an empty or letter-less output counts correct. The guarded form also needs a letter a-g in the
+# token. The rule stop-hf used before (guarded, on the raw output, no cut, no "("): the last column.
+MVBENCH_NOTEBOOK = [  # (generated text, gt letter, notebook, guarded, before)
+    ("A", "A", True, True, True),
+    ("a", "A", True, True, True),
+    ("(B)", "B", True, True, True),
+    ("B)", "B", True, True, True),
+    ("B) two", "B", True, True, True),
+    ("C.", "C", True, True, True),
+    ("c", "C", True, True, True),
+    ("A) apples", "A", True, True, True),
+    ("(A) apples", "A", True, True, True),
+    ("a dog runs", "A", True, True, True),  # "(a" is a substring of "(a)"
+    ("D", "A", False, False, False),
+    ("E", "A", False, False, False),
+    ("", "A", True, False, False),  # an empty answer: "(" is in "(a)"
+    ("   ", "B", True, False, False),
+    ("\n", "C", True, False, False),
+    (".", "A", True, False, False),  # "(." without "." is "("
+    ("B\nBecause the man jumps", "B", True, True, False),  # a letter, then a newline: the first line is kept
+    ("B\nBecause the man jumps", "A", False, False, False),
+    ("A.\nThe dog", "A", True, True, False),
+    ("A)\nB)", "A", True, True, False),
+    (" A", "A", True, True, False),  # stripped before the "(" is added
+    (")", "A", False, False, False),  # "()" is not in "(a)"
+    ("The answer is B", "B", False, False, False),
+    ("The video shows", "A", False, False, False),
+    ("Option A", "A", False, False, False),
+    ("AB", "A", False, False, False),
+    ("B.C.", "B", False, False, False),
+    ("**C**", "C", False, False, False),
+    ("答案是C", "C", False, False, False),
+    ("A:", "A", False, False, False),
+    ("A,", "A", False, False, False),
+    ("[A]", "A", False, False, False),
+    ("yes", "A", False, False, False),
+    (")B", "B", False, False, False),
+]
+
+
+@pytest.mark.parametrize("text, gt, notebook, guarded, before", MVBENCH_NOTEBOOK)
+def test_mvbench_notebook_check_ans(text, gt, notebook, guarded, before):
+    scored = mvbench_notebook_answer(text)
+    assert scored == "(" + text.strip().split("\n")[0]
+    assert mvbench_notebook_correct(scored, gt) is notebook
+    assert mvbench_guarded_correct(scored, gt) is guarded
+    assert mvbench_official_correct(text, gt) is before
+
+
+def test_mvbench_notebook_table_is_large_enough():
+    assert len(MVBENCH_NOTEBOOK) >= 30
+
+
+# the guarded rule on the raw answer (stop-hf's MVBench rule before the notebook protocol)
 MVBENCH = [  # (answer, ground-truth letter, correct)
     ("A", "A", True),
     ("a", "A", True),

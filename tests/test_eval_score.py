@@ -80,7 +80,7 @@ def test_own_jsonl_rescored_equals_the_run(tmp_path):
     answers = iter(["(B) green", "C", "D"])
 
     class Model:
-        def answer(self, video, question, max_new_tokens=16):
+        def answer(self, video, question, max_new_tokens=16, **protocol):
             return Answer(next(answers), 1, 1, 1, 1, {})
 
     res = evaluate(Model(), "mlvu", root, tmp_path / "r.json", progress=False)

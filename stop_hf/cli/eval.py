@@ -117,7 +117,13 @@ def parse_config(name: str):
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Impossible settings are refused before anything is loaded."""
+    """Impossible settings are refused before anything is loaded: one line and exit 2, as for `run`."""
+    from .run import _dtype_or_error, check_device, check_model
+
+    check_device(args.device)
+    if not args.model.startswith(TINY_PREFIX):
+        check_model(args.model)
+    _dtype_or_error(args.dtype, args.device)
     if args.frames is None or args.frames < 1:
         raise ValueError(f"--frames {args.frames}: must be >= 1 (frames sampled per video)")
     if args.gpus_per_process is not None and args.gpus_per_process < 1:
@@ -141,16 +147,49 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out}: must end in .json (the records go to the same name .jsonl)")
 
 
+def check_reference(path: str | None, benchmark: str):
+    """The --reference results, read before the eval runs (a missing or wrong file is not found out after it)."""
+    if path is None:
+        return None
+    from ..eval.runner import load_results
+
+    reference = load_results(path)
+    if reference["benchmark"] != benchmark:
+        raise ValueError(
+            f"--reference {path} is a {reference['benchmark']} run; this eval is {benchmark}: pass the unpruned "
+            f"{benchmark} results"
+        )
+    return reference
+
+
+def load_model_or_error(model: str, *args, **kwargs):
+    """`load_model`; a model that cannot be loaded (OSError from the Hub / the folder) is one line, as for `run`."""
+    from . import CliError
+
+    try:
+        return load_model(model, *args, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"--model {model!r} could not be loaded: {first}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..eval.benchmarks import get_benchmark
     from ..eval.distributed import device_for_rank, device_map_for, gpu_group, launched_ranks
     from ..eval.judge import judge_from_args
-    from ..eval.runner import evaluate, existing_records, load_samples, run_identity
+    from ..eval.runner import (
+        check_ground_truth,
+        evaluate,
+        existing_records,
+        load_samples,
+        run_identity,
+    )
 
     bench = get_benchmark(args.benchmark)
     check_args(args)
+    reference = check_reference(args.reference, bench.name)
     config, config_dict = parse_config(args.config)
     judge = judge_from_args(args.judge_url, args.judge_model, args.judge_api_key)
     samples, n_total = load_samples(bench, args.data, args.limit)  # validated before the model loads
@@ -180,7 +219,24 @@ def run(args: argparse.Namespace) -> int:
     }
     # a JSONL of another run is refused before the model loads (evaluate checks it again)
     identity = run_identity(bench.name, args.data, run_info, args.max_new_tokens)
+    if reference is not None and not args.allow_mismatch:  # what can be compared is compared before the run
+        from ..eval.runner import comparability, sample_set_digest
+
+        planned = {
+            "benchmark": bench.name,
+            "sample_set": sample_set_digest([s.id for s in samples]),
+            "n_samples": len(samples),
+            "frames": args.frames,
+            "generation": identity["generation"],
+        }
+        problems = comparability(planned, reference)
+        if problems:
+            raise ValueError(
+                f"--reference {args.reference} is not comparable with this run ({'; '.join(problems)}); "
+                "rerun one of them, or pass --allow-mismatch to compare anyway"
+            )
     done, _ = existing_records(Path(args.out).with_suffix(".jsonl"), identity)
+    check_ground_truth(done, samples, Path(args.out).with_suffix(".jsonl"))
     if done:
         note(
             f"resuming: {len(done)} record(s) already in {Path(args.out).with_suffix('.jsonl')} "
@@ -195,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         group = gpu_group(ranks.local_rank, args.gpus_per_process, torch.cuda.device_count())
         device, hf_kwargs = f"cuda:{group[0]}", device_map_for(group)
         note(f"each process spreads its model over {args.gpus_per_process} GPU(s) (device_map='auto')")
-    llm = load_model(args.model, config, device, args.dtype, args.frames, **hf_kwargs)
+    llm = load_model_or_error(args.model, config, device, args.dtype, args.frames, **hf_kwargs)
     results = evaluate(
         llm,
         bench,
@@ -216,14 +272,12 @@ def run(args: argparse.Namespace) -> int:
     ranks.close()  # the results are written: the other ranks may go
     if not ranks.is_main:
         return 0
-    if args.reference:
+    if reference is not None:
         import json
 
-        from ..eval.runner import compare_to_reference, load_results
+        from ..eval.runner import compare_to_reference
 
-        results["vs_reference"] = compare_to_reference(
-            results, load_results(args.reference), allow_mismatch=args.allow_mismatch
-        )
+        results["vs_reference"] = compare_to_reference(results, reference, allow_mismatch=args.allow_mismatch)
         Path(args.out).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     from .compare import format_table
 

@@ -28,10 +28,13 @@ from .metrics import (
     mc_letter,
     mean,
     mlvu_official_correct,
+    mvbench_guarded_correct,
     mvbench_lmms_correct,
-    mvbench_official_correct,
+    mvbench_notebook_answer,
+    mvbench_notebook_correct,
     strip_option_prefix,
     videocomp_official_correct,
+    videomme_lmms_legacy_letter,
     videomme_lmms_letter,
     videomme_official_letter,
 )
@@ -57,28 +60,38 @@ class AnnotationError(ValueError):
     """A broken annotation file (not one broken entry: those are listed in `Benchmark.invalid`)."""
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; a byte that is not UTF-8 is an error naming the file, its line and column."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise AnnotationError(
+            f"{path}: line {lineno} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+            f"{exc.start - line_start + 1})"
+        ) from None
+
+
 def read_json(path: Path) -> Any:
     """A JSON file; a parse error names the file (and line/column)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise AnnotationError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from exc
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not UTF-8 text ({exc})") from exc
 
 
 def read_jsonl_file(path: Path) -> list[Any]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise AnnotationError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from exc
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise AnnotationError(f"{path}: line {lineno} is not valid JSON ({exc.msg})") from exc
     return rows
 
 
@@ -134,6 +147,10 @@ def _unique_letter(rule: Callable[[str | None, str], bool], text: str | None, n:
 class Benchmark:
     name = ""
     max_new_tokens = 16
+    #: the official protocol's system message and the start of the assistant's reply it pre-fills (None: none);
+    #: `VideoLLM.answer(system=, prefill=)` builds them into the chat template
+    system: str | None = None
+    prefill: str | None = None
     #: the metrics that headline the paper's tables (and feed the relative drop)
     headline: list[str] = []
 
@@ -174,6 +191,21 @@ class Benchmark:
     def prompt(self, sample: Sample) -> str:
         return sample.question
 
+    def generation_kwargs(self, sample: Sample) -> dict[str, str]:
+        """The `system` / `prefill` arguments of `VideoLLM.answer` for `sample` (only those the protocol sets)."""
+        return {k: v for k, v in (("system", self.system), ("prefill", self.prefill)) if v is not None}
+
+    def protocol(self) -> dict[str, Any]:
+        """What the model is asked, for the run identity: a resumed run with another prompt, system message,
+        pre-fill or generation length is refused."""
+        probe = Sample("probe", Path("probe"), "QUESTION?", "A", ["OPTION 1", "OPTION 2"])
+        return {
+            "system": self.system,
+            "prefill": self.prefill,
+            "max_new_tokens": self.max_new_tokens,
+            "prompt": self.prompt(probe),
+        }
+
     def score(self, sample: Sample, answer: str | None) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -184,10 +216,20 @@ class Benchmark:
         return "score" in record and record["score"].get("pred") is None
 
 
+#: the ground-truth letter the official `qa_template` gives an item whose answer is not among its candidates:
+#: `chr(ord('A') + answer_idx)` with answer_idx -1 (OpenGVLab/Ask-Anything 4dd8210 video_chat2/mvbench.ipynb
+#: cell 12 `qa_template`; JUNJIE99/MLVU fd060c1 evaluation/multiple_choice_evaluation/choice_bench.py:79-90). No
+#: option is "@", so the official `check_ans` scores such an item wrong whatever the model says (MLVU), or right
+#: only for MVBench's letter-less answers; it stays in every denominator, as there.
+NOT_A_CANDIDATE = chr(ord("A") - 1)
+
+
 def _candidates(
     bench: Benchmark, path: Path, i: int, item: Any, entry_id: Any
 ) -> tuple[list[str], str] | None:
-    """MVBench / MLVU items: `candidates` list and an `answer` among them -> (candidates, answer letter)."""
+    """MVBench / MLVU items: `candidates` list and an `answer` -> (candidates, answer letter). An answer that is
+    not among the candidates is kept, as the official scripts keep it, with the letter `NOT_A_CANDIDATE`; it is
+    named in `bench.notes`."""
     if not isinstance(item, dict):
         bench._bad(path, i, entry_id, "(entry)", f"expected an object, got {type(item).__name__}")
         return None
@@ -201,10 +243,12 @@ def _candidates(
         return None
     candidates = [str(c) for c in candidates]
     if str(item["answer"]) not in candidates:
-        bench._bad(
-            path, i, entry_id, "answer", f"{item['answer']!r} is not one of the candidates {candidates}"
+        label = f"entry {i}" + (f" ({entry_id})" if entry_id not in (None, "") else "")
+        bench.notes.append(
+            f"{path}: {label}: answer {item['answer']!r} is not one of the candidates {candidates}: kept and "
+            f"scored against the letter {NOT_A_CANDIDATE!r}, as the official script does (never a right option)"
         )
-        return None
+        return candidates, NOT_A_CANDIDATE
     return candidates, LETTERS[candidates.index(str(item["answer"]))]
 
 
@@ -222,6 +266,18 @@ class _MultipleChoice(Benchmark):
             "unparsed_rate": _pct([self.unparsed(r) for r in rows if "score" in r]),
             "lenient_accuracy": _pct([_correct(r, "lenient_correct") for r in rows]),
         }
+
+    @staticmethod
+    def _official_question(sample: Sample) -> str:
+        """The official `qa_template` (MVBench notebook cell 12, MLVU choice_bench.py:79-88): "Question: ...\n
+        Options:\n(A) ...\n(B) ..." with the trailing newline stripped."""
+        options = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(sample.options))
+        return f"Question: {sample.question}\nOptions:\n{options}"
+
+
+def _fraction(flags: list[bool]) -> dict[str, int]:
+    """A metric's numerator and denominator, reported beside it."""
+    return {"correct": sum(bool(f) for f in flags), "n": len(flags)}
 
 
 # --------------------------------------------------------------------------------------------------- MVBench
@@ -285,10 +341,23 @@ class MVBench(_MultipleChoice):
     """HF `OpenGVLab/MVBench`: `json/<task>.json` (lists of {video, question, candidates, answer[, start, end]})
     and `video/<task folder>/<video>` (`MVBENCH_FOLDERS`, or lmms-eval's `MVBENCH_LMMS_FOLDERS`). The STAR / STA /
     TVQA tasks (`MVBENCH_BOUNDED`) ask about the [start, end] segment only (not re-cut in `*_segment` folders).
-    Official metric: `accuracy` = correct / items over all tasks (the notebook's "Avg"), `by_task`."""
+    Protocol: the notebook's (OpenGVLab/Ask-Anything 4dd8210 video_chat2/mvbench.ipynb cells 14-16): its system
+    message, also prepended to the user text; the reply pre-filled with "Best option:("; 100 new tokens; "(" + the
+    output's first line scored by `check_ans` as the notebook runs it. `accuracy` = correct / items over all tasks
+    (the notebook's "Avg"; an empty or letter-less answer counts correct there), `accuracy_guarded` the same with
+    such answers wrong, `by_task`; `denominators` gives each metric's correct / n."""
 
     name = "mvbench"
     headline = ["accuracy"]
+    # mvbench.ipynb cell 16: infer_mvbench(system=..., question_prompt="\nOnly give the best option.",
+    # answer_prompt="Best option:(", return_prompt='(', system_llm=True); cell 14: max_new_tokens=100
+    system = (
+        "Carefully watch the video and pay attention to the cause and sequence of events, the detail and movement "
+        "of objects, and the action and pose of persons. Based on your observations, select the best option that "
+        "accurately addresses the question.\n"
+    )
+    prefill = "Best option:("
+    max_new_tokens = 100
 
     def _load(self, root):
         files = sorted(_require(root / "json", "MVBench json/ folder").glob("*.json"))
@@ -353,14 +422,18 @@ class MVBench(_MultipleChoice):
         return index
 
     def prompt(self, sample):
-        options = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(sample.options))
-        return f"Question: {sample.question}\nOptions:\n{options}\nOnly give the best option."
+        # cell 14 with system_llm=True: `system + data_sample['question'] + question_prompt`
+        return f"{self.system}{self._official_question(sample)}\nOnly give the best option."
 
     def score(self, sample, answer):
+        scored = mvbench_notebook_answer(answer)  # "(" + the first line, what cell 16 passes to check_ans
         n = len(sample.options)
+        guarded = mvbench_guarded_correct(scored, sample.answer)
         return {
-            "pred": _unique_letter(mvbench_official_correct, answer, n),
-            "correct": mvbench_official_correct(answer, sample.answer),
+            "pred": _unique_letter(lambda t, x: mvbench_guarded_correct(t or "", x), scored, n),
+            "scored_answer": scored,
+            "correct": mvbench_notebook_correct(scored, sample.answer),
+            "guarded_correct": guarded,
             "lmms_correct": mvbench_lmms_correct(answer, sample.answer),
             "lmms_answered": bool(answer),
             **self._lenient(sample, answer),
@@ -369,12 +442,25 @@ class MVBench(_MultipleChoice):
     def aggregate(self, records):
         rows = _counted(records)
         out = {"accuracy": _pct([_correct(r) for r in rows]), **self._base_metrics(records)}
+        out["accuracy_guarded"] = _pct([_correct(r, "guarded_correct") for r in rows])
         out["by_task"] = _by(rows, "task")
+        out["by_task_guarded"] = _by(rows, "task", "guarded_correct")
         out["task_mean"] = mean([v for v in out["by_task"].values() if v is not None])
         out["tasks_with_errors"] = sorted({r["meta"]["task"] for r in rows if "error" in r})
         # lmms-eval mvbench_aggregate_results: correct / answered (non-empty prediction)
         answered = [r for r in rows if r.get("score", {}).get("lmms_answered")]
         out["lmms_eval_accuracy"] = _pct([_correct(r, "lmms_correct") for r in answered])
+        out["denominators"] = {
+            "accuracy": _fraction([_correct(r) for r in rows]),
+            "accuracy_guarded": _fraction([_correct(r, "guarded_correct") for r in rows]),
+            "lmms_eval_accuracy": _fraction([_correct(r, "lmms_correct") for r in answered]),
+            # scored but letter-less answers ("(" + output without a letter a-g): correct only by the notebook
+            "letterless_answers": sum(
+                "score" in r and not any(c in r["score"]["scored_answer"].lower() for c in "abcdefg")
+                for r in rows
+            ),
+            "answer_not_in_candidates": sum(r.get("gt") == NOT_A_CANDIDATE for r in rows),
+        }
         return out
 
 
@@ -387,7 +473,9 @@ class VideoMME(_MultipleChoice):
     JSON (`output_test_template.json`: [{video_id, duration, domain, sub_category, questions: [...]}]); videos
     `data/<videoID>.mp4` (or `videos/`, `video/`, the data folder itself).
     Official metric (eval_your_results.py): `accuracy` = correct / answered, where answered = a letter was
-    extracted; also `accuracy_all` (correct / all selected questions) and lmms-eval's `lmms_eval_accuracy`."""
+    extracted; also `accuracy_all` (correct / all selected questions), lmms-eval 0.7.2/0.7.3's
+    `lmms_eval_accuracy` (`mcq_extract`) and `lmms_eval_legacy_accuracy` (lmms-eval <= 0.7.1's extraction).
+    Prompt: the README's subtitle-free prompt, ending "The best answer is:"."""
 
     name = "videomme"
     headline = ["accuracy"]
@@ -468,22 +556,27 @@ class VideoMME(_MultipleChoice):
         )
 
     def prompt(self, sample):
+        # MME-Benchmarks/Video-MME 06c2315 README.md:124-133 ("Without subtitles"): instruction, question,
+        # options "A. ...", then "The best answer is:"
         options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(sample.options))
         return (
             "Select the best answer to the following multiple-choice question based on the video. "
             "Respond with only the letter (A, B, C, or D) of the correct option.\n"
-            f"{sample.question}\n{options}\nAnswer with the option's letter from the given choices directly."
+            f"{sample.question}\n{options}\nThe best answer is:"
         )
 
     def score(self, sample, answer):
         official = videomme_official_letter(answer)
         lmms = videomme_lmms_letter(answer)
+        legacy = videomme_lmms_legacy_letter(answer)
         return {
             "pred": official or None,
             "correct": official == sample.answer,
             "lmms_pred": lmms or None,
-            # lmms-eval videomme_process_results compares case-insensitively
+            # lmms-eval videomme_process_results compares case-insensitively (tasks/videomme/utils.py:288)
             "lmms_correct": lmms.lower() == sample.answer.lower(),
+            "lmms_legacy_pred": legacy or None,
+            "lmms_legacy_correct": legacy.lower() == sample.answer.lower(),
             **self._lenient(sample, answer),
         }
 
@@ -497,10 +590,17 @@ class VideoMME(_MultipleChoice):
             "accuracy_all": _pct([_correct(r) for r in rows]),
             # lmms-eval videomme_aggregate_results: every question counts
             "lmms_eval_accuracy": _pct([_correct(r, "lmms_correct") for r in rows]),
+            "lmms_eval_legacy_accuracy": _pct([_correct(r, "lmms_legacy_correct") for r in rows]),
             **self._base_metrics(records),
         }
         for key in ("duration", "domain", "sub_category", "task_type"):
             out[f"by_{key}"] = _by(answered, key)
+        out["denominators"] = {
+            "accuracy": _fraction([_correct(r) for r in answered]),
+            "accuracy_all": _fraction([_correct(r) for r in rows]),
+            "lmms_eval_accuracy": _fraction([_correct(r, "lmms_correct") for r in rows]),
+            "lmms_eval_legacy_accuracy": _fraction([_correct(r, "lmms_legacy_correct") for r in rows]),
+        }
         return out
 
 
@@ -659,10 +759,20 @@ class MLVU(_MultipleChoice):
     question, candidates, answer, question_type}) and `video/<n>_<task>/<video>` (also under `MLVU/`).
     Official rule (JUNJIE99/MLVU evaluation/multiple_choice_evaluation/choice_bench.py `check_ans`): cut the answer
     to the character before its first ")" (if any), then compare with the letter. Metrics: `by_task` and `m_avg`
-    (mean over tasks, the paper's M-Avg; headline), `accuracy` over items."""
+    (mean over tasks, the paper's M-Avg; headline), `accuracy` over items. An item whose answer is not among its
+    candidates (two `2_needle` entries) is kept and always wrong, as choice_bench.py counts it.
+    Protocol: the official system message and "Best Option: (" pre-fill (choice_bench.py:163-167, the
+    videollava script's run of it models/videollava/choice_bench.py:177-191); the output is scored as generated."""
 
     name = "mlvu"
     headline = ["m_avg"]
+    system = (
+        "Carefully watch this video and pay attention to every detail. Based on your observations, select the "
+        "best option that accurately addresses the question."
+    )
+    prefill = "Best Option: ("
+    # evaluation/models/videochat2/choice_bench.py:436 (the videollava script samples up to 1024 tokens)
+    max_new_tokens = 100
     #: the dev-set multiple-choice files; 8_sub_scene / 9_summary are generation tasks (judged), not read
     GENERATION_TASKS = ("8_sub_scene", "9_summary")
 
@@ -699,9 +809,8 @@ class MLVU(_MultipleChoice):
         return samples
 
     def prompt(self, sample):
-        # the official qa_template: "Question: ...\nOptions:\n(A) ...", then "Only give the best option."
-        options = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(sample.options))
-        return f"Question: {sample.question}\nOptions:\n{options}\nOnly give the best option."
+        # qa_template, then `question + "\nOnly give the best option."` (models/videollava/choice_bench.py:177)
+        return f"{self._official_question(sample)}\nOnly give the best option."
 
     def score(self, sample, answer):
         return {
@@ -717,6 +826,14 @@ class MLVU(_MultipleChoice):
         # choice_bench.py: final_res["Avg"] = mean of the per-task accuracies
         out["m_avg"] = mean([v for v in out["by_task"].values() if v is not None])
         out["accuracy"] = _pct([_correct(r) for r in rows])
+        out["denominators"] = {
+            "accuracy": _fraction([_correct(r) for r in rows]),
+            "by_task": {
+                task: _fraction([_correct(r) for r in rows if str(r["meta"].get("task")) == task])
+                for task in out["by_task"]
+            },
+            "answer_not_in_candidates": sum(r.get("gt") == NOT_A_CANDIDATE for r in rows),
+        }
         return out
 
 

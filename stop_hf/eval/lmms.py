@@ -10,7 +10,9 @@ Registered through lmms-eval's entry-point group `lmms_eval.models` (see `manife
 `stop_config` is a preset name or a YAML path (`none` = unpruned). The model side is `stop_hf.runner.VideoLLM`,
 the same code path as `stop-hf eval`. Data parallel: `accelerate launch --num_processes N -m lmms_eval ...`; each
 process takes its rank from accelerate and its own GPU (`cuda:<local rank>`), and lmms-eval shards the documents
-and gathers the answers itself. Unlike lmms-eval's own HF wrappers, a failed generation raises instead of
+and gathers the answers itself. `--batch_size N` runs up to N documents of one frame count and generation setting
+in one left-padded `generate` (`VideoLLM.answer_batch`, whose rows equal their single runs), so the records are
+those of batch size 1. Unlike lmms-eval's own HF wrappers, a failed generation raises instead of
 silently becoming an empty answer, and a document without a video is an error, not an image task.
 """
 
@@ -42,7 +44,7 @@ def manifests():
 
 
 class StopVideoLLM(_Base):
-    """A simple (non-chat) lmms-eval model over `VideoLLM`. Batch size 1, like every lmms-eval video wrapper."""
+    """A simple (non-chat) lmms-eval model over `VideoLLM`; `batch_size` documents per `generate`."""
 
     is_simple = True
     default_pretrained = ""
@@ -64,8 +66,13 @@ class StopVideoLLM(_Base):
 
         if kwargs:
             raise ValueError(f"unexpected model_args for {type(self).__name__}: {sorted(kwargs)}")
-        if int(batch_size) != 1:
-            raise ValueError("batch_size must be 1")
+        try:
+            size = int(batch_size)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+        self._batch_size = size
         pretrained = str(pretrained or self.default_pretrained)
         config = None if stop_config in (None, "", "none", "None") else str(stop_config)
         device = self._join_launch(str(device))
@@ -115,7 +122,7 @@ class StopVideoLLM(_Base):
 
     @property
     def batch_size(self) -> int:
-        return 1
+        return self._batch_size
 
     @property
     def device(self):
@@ -136,38 +143,73 @@ class StopVideoLLM(_Base):
             )
         return np.stack(frames).astype(np.uint8)
 
+    @staticmethod
+    def _generation(gen_kwargs: dict[str, Any] | None) -> tuple[int, dict[str, Any], list[str]]:
+        """lmms-eval's generation kwargs -> (max_new_tokens, `generate` kwargs, `until` strings)."""
+        kwargs = dict(gen_kwargs or {})
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new_tokens = int(kwargs.pop("max_new_tokens", 16))
+        temperature = float(kwargs.pop("temperature", 0) or 0)
+        generate: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            generate["temperature"] = temperature
+            if kwargs.get("top_p") is not None:
+                generate["top_p"] = float(kwargs["top_p"])
+        if kwargs.get("num_beams"):
+            generate["num_beams"] = int(kwargs["num_beams"])
+        return max_new_tokens, generate, until
+
     def generate_until(self, requests) -> list[str]:
+        """One answer per request, in request order. With batch size > 1 the requests are grouped by frame count
+        and generation setting and answered `batch_size` at a time; each row equals its batch-size-1 answer."""
         from tqdm.auto import tqdm
 
-        outputs, self.last_answers = [], []
-        for request in tqdm(requests, disable=getattr(self, "rank", 0) != 0, desc="stop-hf responding"):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-            question = _MEDIA_TOKENS.sub("", context).strip()
-            kwargs = dict(gen_kwargs or {})
-            until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new_tokens = int(kwargs.pop("max_new_tokens", 16))
-            temperature = float(kwargs.pop("temperature", 0) or 0)
-            generate = {"do_sample": temperature > 0}
-            if temperature > 0:
-                generate["temperature"] = temperature
-                if kwargs.get("top_p") is not None:
-                    generate["top_p"] = float(kwargs["top_p"])
-            if kwargs.get("num_beams"):
-                generate["num_beams"] = int(kwargs["num_beams"])
-            answer = self.llm.answer(
-                self._video(visuals), question, max_new_tokens=max_new_tokens, **generate
-            )
+        outputs: list[str | None] = [None] * len(requests)
+        answers: list[Any] = [None] * len(requests)
+        pending: dict[tuple, list[tuple[int, Any, str]]] = {}
+        bar = tqdm(total=len(requests), disable=getattr(self, "rank", 0) != 0, desc="stop-hf responding")
+
+        def finish(index: int, answer: Any) -> None:
+            context, gen_kwargs = requests[index].args[:2]
             text = answer.text
-            for stop in until:
+            for stop in self._generation(gen_kwargs)[2]:
                 if stop:
                     text = text.split(stop)[0]
-            self.last_answers.append(answer)
-            outputs.append(text)
+            answers[index], outputs[index] = answer, text
             if hasattr(self, "cache_hook"):
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-        return outputs
+            bar.update(1)
+
+        def flush(key: tuple) -> None:
+            items = pending.pop(key)
+            batch = self.llm.answer_batch(
+                [video for _, video, _ in items],
+                [question for _, _, question in items],
+                max_new_tokens=key[1],
+                **dict(key[2]),
+            )
+            for (index, _, _), answer in zip(items, batch):
+                finish(index, answer)
+
+        for index, request in enumerate(requests):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            video = self._video(doc_to_visual(self.task_dict[task][split][doc_id]))
+            question = _MEDIA_TOKENS.sub("", context).strip()
+            max_new_tokens, generate, _ = self._generation(gen_kwargs)
+            if self._batch_size == 1:
+                finish(index, self.llm.answer(video, question, max_new_tokens=max_new_tokens, **generate))
+                continue
+            decoded = self.llm.decode_video(video)
+            key = (self.llm.frame_count(decoded), max_new_tokens, tuple(sorted(generate.items())))
+            pending.setdefault(key, []).append((index, decoded, question))
+            if len(pending[key]) >= self._batch_size:
+                flush(key)
+        for key in list(pending):
+            flush(key)
+        bar.close()
+        self.last_answers = answers
+        return outputs  # type: ignore[return-value] - every index was answered above
 
     def loglikelihood(self, requests):
         raise NotImplementedError("stop-hf wrappers support generate_until tasks only")

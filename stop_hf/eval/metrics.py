@@ -56,8 +56,9 @@ _VIDEOMME_OFFICIAL_PREFIXES = (
     "The correct answer",
     "The correct option",
 )
-# lmms-eval <= 0.6 lmms_eval/tasks/videomme/utils.py `extract_characters_regex` (before PR #1274, 2026-04): the
-# same scan with a shorter prefix list (what most video-LLM papers report, through lmms-eval).
+# lmms-eval <= 0.7.1 lmms_eval/tasks/videomme/utils.py `extract_characters_regex` (EvolvingLMMs-Lab/lmms-eval
+# v0.7.1 88b23e2 lmms_eval/tasks/videomme/utils.py:256-275): the same scan with a shorter prefix list (what most
+# video-LLM papers report, through lmms-eval). Kept as `lmms_eval_legacy_accuracy`.
 _VIDEOMME_LMMS_PREFIXES = (
     "The best answer is",
     "The correct answer is",
@@ -86,24 +87,118 @@ def videomme_official_letter(text: str | None) -> str:
     return _videomme_scan(text, _VIDEOMME_OFFICIAL_PREFIXES)
 
 
-def videomme_lmms_letter(text: str | None) -> str:
-    """lmms-eval's (<= 0.6) Video-MME extraction: "" when nothing is extracted."""
+def videomme_lmms_legacy_letter(text: str | None) -> str:
+    """lmms-eval's (<= 0.7.1) Video-MME extraction: "" when nothing is extracted."""
     return _videomme_scan(text, _VIDEOMME_LMMS_PREFIXES)
 
 
+# lmms-eval 0.7.2 / 0.7.3 `extract_mcq_answer` (EvolvingLMMs-Lab/lmms-eval v0.7.2 cb45ac4
+# lmms_eval/tasks/_task_utils/mcq_extract.py:19-158; the 0.7.3 wheel's file differs only by an unused import),
+# which Video-MME's `extract_characters_regex` calls with choices A-D (tasks/videomme/utils.py:256-259).
+# Every shape found gives a (priority, position) candidate; the highest priority wins, then the later position.
+_MCQ_PHRASES = (
+    "the answer is",
+    "answer is",
+    "the correct answer is",
+    "correct answer is",
+    "the best answer is",
+    "best answer is",
+    "the correct option is",
+    "correct option is",
+    "the best option is",
+    "best option is",
+    "the choice is",
+    "choice is",
+    "the correct choice is",
+    "correct choice is",
+    "i choose",
+    "i select",
+    "i pick",
+    "my answer is",
+    "my choice is",
+    "\uc635\uc158",  # Korean "option"
+    "\uc815\ub2f5\uc740",  # Korean "the answer is"
+    "\ub2f5\uc740",
+    "\ub2f5:",
+    "\u7b54\u6848\u662f",  # Chinese "the answer is"
+    "\u7b54\u6848\u4e3a",
+    "\u9009",  # Chinese "choose"
+    "\u7b54\u3048\u306f",  # Japanese "the answer is"
+)
+#: the letter shapes searched, each with its priority (mcq_extract.py:53-63): "(A)" 6, "A." 5, "A:" 4, "A)" 3,
+#: "A " 2; a phrase followed by the letter 7, a standalone letter at the start 10 / at the end 9
+_MCQ_SHAPES = (("({})", 6), ("{}.", 5), ("{}:", 4), ("{})", 3), ("{} ", 2))
+
+
+def lmms_mcq_letter(text: str | None, choices: str = "ABCDEFGH") -> str:
+    """lmms-eval 0.7.2/0.7.3 multiple-choice extraction: the choice letter, or "" when none is found."""
+    if not text or not text.strip():
+        return ""
+    body = text.strip()
+    for char in ",.!?;:'\"":  # stripped one after the other, as mcq_extract.py:89-90 does
+        body = body.strip(char)
+    padded = f" {body} "
+    found: list[tuple[int, int, str]] = []  # (priority, position, letter)
+    for shape, priority in _MCQ_SHAPES:
+        found += [(priority, padded.rfind(shape.format(c)), c) for c in choices if shape.format(c) in padded]
+    lowered = padded.lower()
+    for phrase in _MCQ_PHRASES:
+        start = lowered.find(phrase)  # the first occurrence only; the letter is searched case-sensitively
+        if start != -1:
+            after = start + len(phrase)
+            found += [(7, padded.find(c, after), c) for c in choices if padded.find(c, after) != -1]
+    core = padded.strip()
+    for c in choices:
+        if core.startswith(c) and (len(core) == 1 or not core[1].isalpha()):
+            found.append((10, 0, c))
+        if core.endswith(c) and (len(core) == 1 or not core[-2].isalpha()):
+            found.append((9, len(padded) - 1, c))
+    if not found:  # any occurrence at all, the last one winning
+        found = [(0, padded.rfind(c), c) for c in choices if c in padded]
+    return max(found)[2] if found else ""
+
+
+def videomme_lmms_letter(text: str | None) -> str:
+    """lmms-eval 0.7.2/0.7.3's Video-MME extraction (`extract_mcq_answer(s, choices=["A", "B", "C", "D"])`)."""
+    return lmms_mcq_letter(text, "ABCD")
+
+
 # --------------------------------------------------------------------------------------------------- MVBench
-def mvbench_official_correct(text: str | None, gt_letter: str) -> bool:
-    """MVBench's `check_ans` (OpenGVLab/Ask-Anything video_chat2/mvbench.ipynb; the guarded form that the
-    VideoChat2-derived evaluators, e.g. PLLaVA tasks/eval/mvbench, ship): the ground truth is "(X) text"; the
-    prediction's first space-separated token, lower-cased, is its option. Correct iff that token contains a letter
-    a-g and (token without "." is a substring of "(x)", or "(x)" is a substring of the token).
-    The notebook prefixes the model output with "(" (its "Best option:(" prompt); stop-hf does not put words in
-    the model's mouth, so the rule runs on the answer as generated ("A", "(A)", "A.", "A)" all count)."""
-    option = (text or "").lower().split(" ")[0]
+# OpenGVLab/Ask-Anything 4dd8210 video_chat2/mvbench.ipynb, cell 14 `infer_mvbench` and cell 16 (the call):
+# the reply is pre-filled with "Best option:(" and 100 tokens are generated; the output is cut to its first line
+# (`return_prompt + llm_message.strip().split('\n')[0]`, return_prompt "("), and cell 15 `check_ans` compares that
+# string's first space-separated token with the ground truth's "(x)".
+MVBENCH_RETURN_PROMPT = "("
+
+
+def mvbench_notebook_answer(text: str | None) -> str:
+    """What the notebook scores for a generated `text`: "(" + its first line, stripped (cell 14)."""
+    return MVBENCH_RETURN_PROMPT + (text or "").strip().split("\n")[0]
+
+
+def mvbench_notebook_correct(pred: str, gt_letter: str) -> bool:
+    """MVBench's `check_ans` exactly as the notebook runs it (cell 15), on the notebook's answer string
+    (`mvbench_notebook_answer`): the lower-cased first space-separated token without "." is a substring of
+    "(x)", or "(x)" is a substring of it. So "(" (an empty output) and "(" + "." count correct for every option."""
+    option = pred.lower().split(" ")[0]
     gt_option = f"({gt_letter.lower()})"
+    return option.replace(".", "") in gt_option or gt_option in option
+
+
+def mvbench_guarded_correct(pred: str | None, gt_letter: str) -> bool:
+    """`check_ans` in the guarded form VideoChat2-derived evaluators ship (e.g. PLLaVA tasks/eval/mvbench): the
+    same test, but a first token without a letter a-g is wrong, so an empty or letter-less answer never counts.
+    stop-hf's `accuracy_guarded`, run on the same answer string as the notebook's rule."""
+    option = (pred or "").lower().split(" ")[0]
     if not any(c in option for c in "abcdefg"):
         return False  # "model doesn't follow instructions"
-    return option.replace(".", "") in gt_option or gt_option in option
+    return mvbench_notebook_correct(pred or "", gt_letter)
+
+
+#: the rule stop-hf used before the notebook protocol (the guarded test on the whole answer as generated, no
+#: first-line cut, no "(" prefix); kept for `stop-hf score` comparisons with earlier results
+def mvbench_official_correct(text: str | None, gt_letter: str) -> bool:
+    return mvbench_guarded_correct(text, gt_letter)
 
 
 _LMMS_PUNCT = [

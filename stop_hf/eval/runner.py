@@ -79,10 +79,12 @@ def run_identity(
     run_info: dict[str, Any] | None,
     max_new_tokens: int | None,
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run that wrote the records."""
+    """What a resumed run must share with the run that wrote the records (the benchmark's protocol included:
+    prompt, system message, pre-fill and default generation length)."""
     info = run_info or {}
     identity = {
         "benchmark": benchmark,
+        "protocol": get_benchmark(benchmark).protocol(),
         "data": None if data_dir is None else str(Path(data_dir).resolve()),
         **{k: info.get(k) for k in RUN_IDENTITY},
         "generation": generation_settings(max_new_tokens),
@@ -103,13 +105,30 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     ]
 
 
+def decode_lines(path: Path, raw: bytes) -> list[str]:
+    """`raw` (the bytes of the JSONL `path`) as text lines; a line that is not UTF-8 is an error naming the file,
+    the line and the byte (a damaged file, or one written by another tool in another encoding)."""
+    lines = []
+    for lineno, chunk in enumerate(raw.split(b"\n"), 1):
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path}: line {lineno} is not UTF-8 text (byte 0x{chunk[exc.start]:02x} at column "
+                f"{exc.start + 1}); the file is damaged. Pass a different --out, or delete the file to start over"
+            ) from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Per-sample records of a (possibly interrupted) run, later lines replacing earlier ones of the same id; the
     header and a torn last line are ignored (read-only: `open_records` is what repairs a file)."""
     records: dict[str, dict[str, Any]] = {}
     path = Path(path)
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in decode_lines(path, path.read_bytes()):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -140,7 +159,7 @@ def open_records(
                 os.fsync(f.fileno())
             notes.append(f"{path}: cut off a torn last line ({len(raw) - keep} bytes, an interrupted write)")
         raw = raw[:keep]
-    lines = raw.decode("utf-8").splitlines()
+    lines = decode_lines(path, raw)
     if not lines:
         return {}, notes
     digest = identity_digest(identity)
@@ -286,7 +305,12 @@ def evaluate_sample(
         return record
     limit = _generation_limit(bench, sample, max_new_tokens)
     try:
-        answer = llm.answer(_video_input(llm, sample), bench.prompt(sample), max_new_tokens=limit)
+        answer = llm.answer(
+            _video_input(llm, sample),
+            bench.prompt(sample),
+            max_new_tokens=limit,
+            **bench.generation_kwargs(sample),
+        )
     except Exception as exc:  # noqa: BLE001 - one broken sample must not stop the run; it is recorded
         return _failed(sample, exc)
     return _answered(bench, sample, answer, judge)
@@ -305,12 +329,15 @@ def evaluate_batched(
     left-padded `generate` each; lean batches make each row equal its single run), calling `emit(record)` per
     sample as soon as it is known. A sample whose video fails to decode is recorded alone; a batch whose
     generation fails is run again one sample at a time, so each failure is recorded on its own sample."""
-    pending: dict[tuple[int, int], list[tuple[Sample, Any]]] = {}
+    pending: dict[tuple[int, int, tuple], list[tuple[Sample, Any]]] = {}
 
     def run(items: list[tuple[Sample, Any]], limit: int) -> None:
         try:
             answers = llm.answer_batch(
-                [video for _, video in items], [bench.prompt(s) for s, _ in items], max_new_tokens=limit
+                [video for _, video in items],
+                [bench.prompt(s) for s, _ in items],
+                max_new_tokens=limit,
+                **bench.generation_kwargs(items[0][0]),
             )
         except Exception as exc:  # noqa: BLE001 - recorded on the sample that broke the batch, the run goes on
             if len(items) == 1:
@@ -322,7 +349,7 @@ def evaluate_batched(
         for (sample, _), answer in zip(items, answers):
             emit(_answered(bench, sample, answer, judge))
 
-    def flush(key: tuple[int, int]) -> None:
+    def flush(key: tuple[int, int, tuple]) -> None:
         run(pending.pop(key), key[1])
 
     for sample in samples:
@@ -335,7 +362,8 @@ def evaluate_batched(
         except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
             emit(_failed(sample, exc))
             continue
-        key = (llm.frame_count(video), _generation_limit(bench, sample, max_new_tokens))
+        protocol = tuple(sorted(bench.generation_kwargs(sample).items()))  # one system / pre-fill per batch
+        key = (llm.frame_count(video), _generation_limit(bench, sample, max_new_tokens), protocol)
         pending.setdefault(key, []).append((sample, video))
         if len(pending[key]) >= batch_size:
             flush(key)
@@ -362,6 +390,19 @@ def load_samples(
         raise ValueError(f"limit={limit!r}: must be an integer >= 1")
     samples = bench.load(data_dir)
     return (samples[:limit] if limit is not None else samples), len(samples)
+
+
+def check_ground_truth(done: dict[str, dict[str, Any]], samples: list[Sample], records_path: Path) -> None:
+    """Refuses to resume when the annotations changed under the records: a record written with another
+    ground truth than its sample has now would be counted with the old one."""
+    for sample in samples:
+        old = done.get(sample.id)
+        if old is not None and "gt" in old and old["gt"] != sample.answer:
+            raise ValueError(
+                f"{records_path}: sample {sample.id}: its ground truth changed since the record was written "
+                f"(records: {old['gt']!r}, annotations now: {sample.answer!r}), so the data folder is not the one "
+                "this run started on. Pass a different --out to start a fresh run, or delete the file"
+            )
 
 
 def _standing(record: dict[str, Any]) -> int:
@@ -452,6 +493,7 @@ def evaluate(
     identity = run_identity(bench.name, data_dir, run_info, max_new_tokens)
     digest = identity_digest(identity)
     done, notes = existing_records(records_path, identity, own=own_path)
+    check_ground_truth(done, samples, records_path)
     for note in notes:
         print(f"stop-hf eval: {note}", file=sys.stderr)
 
@@ -669,6 +711,11 @@ def comparability(results: dict[str, Any], reference: dict[str, Any]) -> list[st
             if key == "sample_set":
                 detail = f" ({results.get('n_samples')} vs {reference.get('n_samples')} samples)"
             problems.append(f"different {what}{detail}")
+    # another prompt, system message or pre-fill: the answers are not to one question
+    mine, theirs = (r.get("identity", {}).get("protocol") for r in (results, reference))
+    if mine is not None and theirs is not None and mine != theirs:
+        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        problems.append(f"different protocols ({', '.join(keys)} differ)")
     return problems
 
 

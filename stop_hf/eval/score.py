@@ -22,6 +22,7 @@ from .benchmarks import (
     eh_video_key,
     flatten_videomme,
     get_benchmark,
+    read_text,
 )
 from .runner import _record, load_samples, summarize
 
@@ -29,7 +30,7 @@ from .runner import _record, load_samples, summarize
 def _read_predictions(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # a byte that is not UTF-8 is named by line
     try:
         return json.loads(text)
     except json.JSONDecodeError as first:
