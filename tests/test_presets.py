@@ -141,3 +141,31 @@ def test_configs_cli_shows_the_family(capsys):
     assert lines["visionzip_original_r10"].split()[0] == "original"
     assert lines["holitom_baseline_r25"].split()[0] == "baseline"
     assert lines["uniform_r10"].split()[0] == "own"
+
+
+@pytest.mark.parametrize(
+    ("n", "retention", "tokens"),
+    [
+        (196, 0.3, 58),  # int(58.8): the SToP eval truncates (eval/utils/utils_eval.py:81-83), not 59
+        (196, 0.15, 30),  # the table, not int(29.4)
+        (196, 0.25, 50),  # the table, not int(49.0)
+        (196, 0.33, 64),  # int(64.68)
+        (240, 0.15, 36),  # int(36.0)
+        (240, 0.3, 72),
+        (729, 0.1, 72),  # int(72.9)
+    ],
+)
+def test_visionzip_retention_to_tokens_follows_the_stop_rule(n, retention, tokens):
+    from stop_hf.pruners import PRUNERS
+
+    pruner = PRUNERS["visionzip"](retention=retention)
+    assert pruner.tokens_per_frame(n) == tokens
+    side = {196: (14, 14), 240: (12, 20), 729: (27, 27)}[n]
+    g = torch.Generator().manual_seed(0)
+    x = PruneInput(
+        features=torch.randn(2, n, 8, generator=g),
+        attention=torch.rand(2, n, generator=g),
+        keys=torch.randn(2, n, 4, generator=g),
+        grid=side,
+    )
+    assert pruner(x).index.numel() == 2 * tokens

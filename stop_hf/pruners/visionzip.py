@@ -34,7 +34,8 @@ class VisionZipPruner(Pruner):
 
     Parameters:
         spatial_tokens: tokens per frame. None: the reference table for N=196 (0.10->20, 0.15->30, 0.20->40,
-            0.25->50), otherwise round(N * retention); clamped to [1, N].
+            0.25->50), otherwise int(N * retention), truncated as the SToP eval does (`utils_eval.py:81-83`: 0.3 gives
+            58 of 196, not 59); clamped to [1, N].
         dominant_ratio: dominant = floor(spatial_tokens * ratio), contextual = the rest (54/64 in the reference).
         sink_target_skip_topk: SToP only. The contextual target indices (positions in the frame's non-dominant
             list) are moved up past the grid positions of the top-k sink scores, reproducing the reference's
@@ -81,8 +82,10 @@ class VisionZipPruner(Pruner):
                 for ratio, tokens in SPATIAL_TOKENS_196.items():
                     if math.isclose(self.retention, ratio, rel_tol=0, abs_tol=1e-9):
                         count = tokens
-            if count is None:
-                count = int(round(n * self.retention))
+            if (
+                count is None
+            ):  # truncation, as the SToP eval (rlqja1107/SToP @3bf998c eval/utils/utils_eval.py:81-83)
+                count = int(n * self.retention)
         return max(1, min(n, int(count)))
 
     def _skip_sink_targets(
