@@ -169,3 +169,11 @@ def test_visionzip_retention_to_tokens_follows_the_stop_rule(n, retention, token
         grid=side,
     )
     assert pruner(x).index.numel() == 2 * tokens
+
+
+def test_docs_table_names_every_preset_family():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    table = text[text.index("### Preset families") :]
+    for name in list_presets():
+        prefix = name.rsplit("_r", 1)[0] if preset_family(name) != "own" else name
+        assert f"`{prefix}_r*`" in table or f"`{name}`" in table, name
