@@ -282,7 +282,12 @@ class FlashVIDPruner(Pruner):
         # Tree values in the reference's float order (rlqja1107/SToP @3bf998c pruning/flashvid/utils.py:356-379): from
         # each segment's last frame back, a frame's merged tokens (own value plus all they received) are summed per
         # parent, then the sum is added to the parent. All segments advance together, one frame depth per step.
-        acc = work.reshape(t * n, d).clone()
+        # Only the tokens of a tree (merged tokens and their parents) are accumulated: a row per such token in `acc`.
+        flat_work = work.reshape(t * n, d)
+        in_tree = torch.unique(torch.cat([merged_flat, flat_parent[merged_flat]]))  # ascending
+        row_of_token = torch.full((t * n,), -1, dtype=torch.long, device=device)
+        row_of_token[in_tree] = torch.arange(in_tree.numel(), device=device)
+        acc = flat_work.index_select(0, in_tree)
         depth = torch.cat(
             [torch.arange(size, device=device) for _, size in segments]
         )  # frame index in segment
@@ -293,15 +298,20 @@ class FlashVIDPruner(Pruner):
                 continue
             parents, slot = torch.unique(flat_parent[child], return_inverse=True)
             received = torch.zeros(parents.numel(), d, device=device).index_add_(
-                0, slot, acc.index_select(0, child)
+                0, slot, acc.index_select(0, row_of_token[child])
             )
-            acc[parents] += received
+            acc[row_of_token[parents]] += received
 
         def root_values(index: torch.Tensor) -> torch.Tensor:
             """Tree-merged value of roots `index` (G, R) -> (G, R, D): (own + all descendants) / (1 + direct
             children), the reference's divisor."""
             flat_index = index.reshape(-1)
-            values = acc.index_select(0, flat_index) / (1.0 + children[flat_index])[:, None]
+            rows = row_of_token[flat_index]
+            values = flat_work.index_select(0, flat_index)
+            has_tree = rows >= 0
+            if bool(has_tree.any()):
+                values[has_tree] = acc.index_select(0, rows[has_tree])
+            values = values / (1.0 + children[flat_index])[:, None]
             return values.view(*index.shape, d)
 
         single = (seg_len[seg_of_frame] == 1)[:, None]
