@@ -1,17 +1,27 @@
-"""Pure pruning time of every paper method (no model), and the measured effect of FlashVID's distinct-pick deviation.
+"""Pure pruning time of every paper method (no model), and the measured effect of FlashVID's `distinct_picks` opt-in.
 
     python scripts/time_pruners.py [--frames 32] [--tokens 196] [--dim 3584] [--repeats 5] [--device cpu]
+    python scripts/time_pruners.py --frames 64 --threads 1 --flashvid-reference ~/SToP/pruning/flashvid
+
+`--flashvid-reference DIR` also times the reference FlashVID from a checkout you provide (rlqja1107/SToP @3bf998c
+`pruning/flashvid`, or Fanziyang-v/FlashVID @1d37422 `flashvid`; nothing of it ships with stop-hf), interleaved with
+stop-hf's FlashVID on the same input, and prints them side by side.
 
 Timing: median wall time of `repeats` calls after one warm-up, on synthetic LLaVA-OV-shaped inputs (a scene vector
-plus noise, attention ~ 1/729 with six planted sinks). Deviation: how many ADTS copies the reference's repeated picks
-would duplicate (distinct_picks=False) as the sinks get weaker, versus none with the default.
+plus noise, attention ~ 1/729 with six planted sinks). Repeated picks: how many ADTS copies the reference rule (the
+default) duplicates as the sinks get weaker, versus none with `distinct_picks: true`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import statistics
+import sys
 import time
+import types
+from pathlib import Path
 
 import torch
 
@@ -65,6 +75,64 @@ def time_methods(
     return {row: statistics.median(values) for row, values in times.items()}
 
 
+def load_reference_flashvid(folder: str):
+    """The reference's `flashvid_compression` and `FlashVidConfig` from a checkout's package folder, imported as a
+    package without running its `__init__` (which pulls in the LLaVA model code)."""
+    path = Path(folder).expanduser().resolve()
+    if not (path / "utils.py").is_file():
+        raise SystemExit(
+            f"--flashvid-reference {folder!r}: no utils.py there (give SToP's pruning/flashvid folder)"
+        )
+    package = types.ModuleType("_flashvid_reference")
+    package.__path__ = [str(path)]
+    sys.modules[package.__name__] = package
+    utils = importlib.import_module(f"{package.__name__}.utils")
+    return utils.flashvid_compression, utils.FlashVidConfig
+
+
+def time_flashvid_side_by_side(folder: str, x: PruneInput, repeats: int, clock) -> None:
+    """stop-hf's FlashVID and the reference on the same input, interleaved, median seconds of each."""
+    compress, config_class = load_reference_flashvid(folder)
+    takes_args = "args" in inspect.signature(compress).parameters
+    zeros_like = torch.rand_like  # the reference's density noise off, as in the conformance fixtures
+    print(f"\nFlashVID, stop-hf vs the reference in {folder} (same input, interleaved, median of {repeats})")
+    print("| sink | r | stop-hf (ms) | reference (ms) | stop-hf / reference |")
+    print("|---|---|---|---|---|")
+    torch.rand_like = lambda t, **kw: torch.zeros_like(t)  # noqa: E731
+    try:
+        for sink in (False, True):
+            for r in (0.10, 0.25):
+                weights = DEFAULT_SINK_WEIGHTS["flashvid"]
+                ours = PRUNERS["flashvid"](retention=r, sink=Sink(*weights) if sink else None)
+                args = types.SimpleNamespace(mu_s=weights[0] if sink else 0.0, gamma=1.1)
+
+                def reference(r=r, args=args):
+                    config = config_class(retention_ratio=r, token_selection_method="attn_div_v2")
+                    extra = (args,) if takes_args else ()
+                    return compress(x.features.clone(), x.attention.clone(), config, *extra)
+
+                calls = {"ours": lambda ours=ours: ours(x), "reference": reference}
+                times: dict[str, list[float]] = {name: [] for name in calls}
+                for call in calls.values():
+                    call()  # warm-up
+                for _ in range(repeats):
+                    for name, call in calls.items():
+                        if x.features.is_cuda:
+                            torch.cuda.synchronize()
+                        started = clock()
+                        call()
+                        if x.features.is_cuda:
+                            torch.cuda.synchronize()
+                        times[name].append(clock() - started)
+                med = {name: statistics.median(v) for name, v in times.items()}
+                print(
+                    f"| {sink} | {r} | {1000 * med['ours']:.0f} | {1000 * med['reference']:.0f} | "
+                    f"{med['ours'] / med['reference']:.2f} |"
+                )
+    finally:
+        torch.rand_like = zeros_like
+
+
 def repeated_copies(result) -> int:
     copies = result.index[result.kind == KIND_COPY]
     return copies.numel() - copies.unique().numel()
@@ -85,6 +153,11 @@ def main() -> None:
         default=0,
         help="torch CPU threads (0: torch's default). With 1 the clock is this thread's CPU time, which other "
         "processes on a shared machine do not inflate",
+    )
+    parser.add_argument(
+        "--flashvid-reference",
+        metavar="DIR",
+        help="a reference FlashVID package folder (SToP's pruning/flashvid) to time beside stop-hf's",
     )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -109,18 +182,23 @@ def main() -> None:
             if (method, sink, 0.10) in seconds:
                 cells = [1000 * seconds[(method, sink, r)] for r in (0.10, 0.25)]
                 print(f"| {method} | {sink} | {cells[0]:.1f} | {cells[1]:.1f} |")
+    if args.flashvid_reference:
+        time_flashvid_side_by_side(args.flashvid_reference, x, args.repeats, clock)
 
     print(
-        "\nFlashVID + SToP (mu_s=0.02), T=8 D=64: ADTS copies repeated by the reference rule (distinct_picks=False)"
+        "\nFlashVID + SToP (mu_s=0.02), T=8 D=64: ADTS copies repeated by the reference rule (the default) and with "
+        "the distinct_picks=True opt-in"
     )
-    print("| sink attention x | r | output tokens | repeated copies (reference) | repeated copies (ours) |")
+    print(
+        "| sink attention x | r | output tokens | repeated copies (default, as the reference) | with distinct_picks |"
+    )
     print("|---|---|---|---|---|")
     sink = Sink(*DEFAULT_SINK_WEIGHTS["flashvid"])
     for strength in (1.2, 1.5, 2.0, 4.0, 8.0, 14.0):
         small = synthetic_input(8, args.tokens, 64, sink_strength=strength, seed=1)
         for r in (0.10, 0.25):
-            reference = PRUNERS["flashvid"](retention=r, sink=sink, distinct_picks=False)(small)
-            ours = PRUNERS["flashvid"](retention=r, sink=sink)(small)
+            reference = PRUNERS["flashvid"](retention=r, sink=sink)(small)
+            ours = PRUNERS["flashvid"](retention=r, sink=sink, distinct_picks=True)(small)
             print(
                 f"| {strength} | {r} | {ours.index.numel()} | {repeated_copies(reference)} | {repeated_copies(ours)} |"
             )

@@ -311,3 +311,19 @@ def preset_description(path: Path) -> str:
         if line.startswith("#"):
             return line.lstrip("# ").strip()
     return ""
+
+
+#: preset family -> what its presets reproduce (`stop-hf configs`; docs/configuration.md#preset-families). A preset's
+#: family is the middle word of its name (`visionzip_baseline_r10` -> baseline); presets without one are stop-hf's own.
+PRESET_FAMILIES: dict[str, str] = {
+    "baseline": "the paper's baseline rows: the SToP code (rlqja1107/SToP @3bf998c) with SToP off, mu_s = mu_t = 0",
+    "stop": "the paper's SToP rows: the SToP code with its default weights",
+    "original": "the method's original repository, as its authors run it",
+    "own": "stop-hf's own, no reference repository",
+}
+
+
+def preset_family(name: str) -> str:
+    """The family (a key of `PRESET_FAMILIES`) of a preset name: `holitom_original_r10` -> "original"."""
+    parts = name.split("_")
+    return parts[1] if len(parts) == 3 and parts[1] in PRESET_FAMILIES else "own"

@@ -69,7 +69,8 @@ class Sink:
         return frame_sink_scores(attention, self.gamma)
 
     def spatial_weight(self, attention_patches: int = REFERENCE_ATTENTION_PATCHES) -> float:
-        return self.mu_s * REFERENCE_ATTENTION_PATCHES / attention_patches
+        # the ratio first: at 729 patches the weight is mu_s itself, bit for bit (0.03 * 729 / 729 != 0.03)
+        return self.mu_s * (REFERENCE_ATTENTION_PATCHES / attention_patches)
 
     def stsp(
         self,

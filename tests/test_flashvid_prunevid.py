@@ -82,22 +82,47 @@ def weak_sink_input(t=4, n=196, d=32, seed=0) -> PruneInput:
     return PruneInput(features=features, attention=attention, grid=(14, 14))
 
 
-def test_flashvid_distinct_picks_deviation():
+def test_flashvid_repeats_picks_as_the_reference_and_distinct_picks_is_opt_in():
     x = weak_sink_input()
     sink = Sink(*DEFAULT_SINK_WEIGHTS["flashvid"])
-    reference = PRUNERS["flashvid"](retention=0.25, sink=sink, distinct_picks=False)(x)
-    ours = PRUNERS["flashvid"](retention=0.25, sink=sink)(x)
+    reference = PRUNERS["flashvid"](retention=0.25, sink=sink)(x)  # the default: the reference's greedy loop
+    distinct = PRUNERS["flashvid"](retention=0.25, sink=sink, distinct_picks=True)(x)
     ref_copies = reference.index[reference.kind == KIND_COPY]
-    our_copies = ours.index[ours.kind == KIND_COPY]
+    distinct_copies = distinct.index[distinct.kind == KIND_COPY]
+    assert ref_copies.unique().numel() < ref_copies.numel()  # the same token picked again, as the reference
     assert (
-        ref_copies.unique().numel() < ref_copies.numel()
-    )  # the reference quirk: the same token picked again
-    assert our_copies.unique().numel() == our_copies.numel()  # ours: every ADTS pick is a different token
-    assert ours.index.numel() == reference.index.numel()  # same budget
-    # where the reference picks distinct tokens, both agree (the fixtures pin that case)
-    base = PRUNERS["flashvid"](retention=0.25)
-    baseline_ref = PRUNERS["flashvid"](retention=0.25, distinct_picks=False)(x)
-    assert torch.equal(base(x).index, baseline_ref.index)
+        distinct_copies.unique().numel() == distinct_copies.numel()
+    )  # opt-in: every ADTS pick a different token
+    # where the reference picks distinct tokens, both agree
+    base = PRUNERS["flashvid"](retention=0.25)(x)
+    base_distinct = PRUNERS["flashvid"](retention=0.25, distinct_picks=True)(x)
+    base_copies = base.index[base.kind == KIND_COPY]
+    assert base_copies.unique().numel() == base_copies.numel()
+    assert torch.equal(base.index, base_distinct.index)
+
+
+def test_flashvid_alpha_zero_makes_no_attention_and_diversity_picks():
+    """alpha = 0: the reference skips the selection (Fanziyang-v/FlashVID @1d37422 flashvid/utils.py:101); every
+    token is a TSTM token."""
+    x = weak_sink_input(t=1)
+    pruner = PRUNERS["flashvid"](retention=0.1, alpha=0.0)
+    assert pruner.budgets(196) == (25, 0, 25)
+    result = pruner(x)
+    assert bool((result.kind != KIND_COPY).all())
+    assert result.index.numel() == 25  # one single-frame segment: ceil(196 * 25 / 196) clusters
+
+
+@pytest.mark.parametrize(("expansion", "retention"), [(4.0, 0.3), (1.25, 0.85), (2.0, 0.75)])
+def test_flashvid_budget_over_the_frame_is_refused_naming_both_fields(expansion, retention):
+    with pytest.raises(StopConfigError) as err:
+        StopConfig(method="flashvid", retention=retention, params={"expansion": expansion})
+    message = str(err.value)
+    assert f"expansion={expansion!r}" in message and f"retention={retention!r}" in message
+
+
+def test_flashvid_budget_of_exactly_the_frame_is_allowed():
+    StopConfig(method="flashvid", retention=0.8)  # 0.8 * 1.25 = 1: B = N
+    StopConfig(method="flashvid", retention=1.0)  # identity: the pruner never runs
 
 
 def test_flashvid_per_segment_sink_score():
@@ -107,13 +132,15 @@ def test_flashvid_per_segment_sink_score():
     per_frame = result.info["sink_score_per_frame"]
     sink = Sink(0.02)
     for start, end in result.info["segments"]:
-        expected = sink.score(x.attention[start : end + 1])
-        assert torch.equal(per_frame[start : end + 1], expected.expand(end - start + 1, -1))
+        # each frame its own row of the segment's score, as the reference (token_selection.py:102-103)
+        expected = sink.frame_scores(x.attention[start : end + 1])
+        assert torch.equal(per_frame[start : end + 1], expected)
     assert result.info["sink_score"].shape == (196,)
 
 
 def test_flashvid_without_tstm_budget_keeps_only_copies():
-    """B = 3 gives A = 3 and Q = 0: the reference would keep every root (more than the unpruned frame); we keep none."""
+    """B = 3 gives A = 3 and Q = 0: no TSTM token, as the reference (its merge and clustering run only when
+    Q > 0, rlqja1107/SToP @3bf998c pruning/flashvid/utils.py:159,183)."""
     x = weak_sink_input(t=4)
     pruner = PRUNERS["flashvid"](retention=0.01)
     assert pruner.budgets(196) == (3, 3, 0)

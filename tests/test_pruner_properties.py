@@ -20,6 +20,8 @@ CASES = [(m, s) for m in METHODS for s in (False, True) if s is False or m in SI
 
 def make_pruner(method: str, retention: float, sink: bool, **params):
     weights = DEFAULT_SINK_WEIGHTS[method]
+    if method == "flashvid":  # expansion 1.25 x retention > 1 is refused (more tokens than a frame has)
+        retention = min(retention, 0.8)
     return PRUNERS[method](retention=retention, sink=Sink(*weights) if sink else None, **params)
 
 
@@ -67,16 +69,21 @@ def check_result(method, sink, pruner, x, result):
     flat = x.features.reshape(-1, d)
     copies = result.kind == KIND_COPY
     assert torch.equal(result.embeds[copies], flat[result.index[copies]])
-    if method == "flashvid":  # an ADTS copy and a cluster can share an index (reference); no copy repeats
-        assert result.index[copies].unique().numel() == int(copies.sum())
+    if (
+        method == "flashvid"
+    ):  # an ADTS copy and a cluster can share an index, and a pick can repeat (reference)
+        if pruner.distinct_picks:
+            assert result.index[copies].unique().numel() == int(copies.sum())
     elif not (method == "visionzip" and sink):  # the reference's sink target skip may repeat a target
         assert result.index.unique().numel() == m
     assignment = result.info["assignment"]
     assert assignment.shape == (t * n,)
     assert int(assignment.min()) >= -1 and int(assignment.max()) < m
-    # a copied token is assigned to its own row
-    rows = torch.arange(m, device=assignment.device)
-    assert torch.equal(assignment[result.index[copies]], rows[copies])
+    # a copied token is assigned to its own row (to one of its copies where the reference repeats a pick)
+    own = assignment[result.index[copies]]
+    assert torch.equal(result.index[own], result.index[copies]) and bool(
+        (result.kind[own] == KIND_COPY).all()
+    )
     if sink:
         assert result.info["sink_score"].shape == (n,)
     if method == "holitom":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stop_hf import viz
+from stop_hf.config import StopConfig
 from stop_hf.testing.video import synthetic_frames
 
 PRESETS = [f"{m}_{v}_r10" for m in ("visionzip", "fastvid", "holitom") for v in ("baseline", "stop")]
@@ -116,7 +117,9 @@ def test_summarize_is_json_ready(llava_images):
         assert summary["T"] == 6 and summary["N"] == 196
         assert {tuple(k) for k in summary["kept"]} == viz.kept_tokens(entry)
         assert len(summary["sink_score"]) == 196
-        assert summary["sink_score_source"] == ("pruner" if "stop" in preset else "attention")
+        # visionzip_baseline_* runs the SToP code's sink-target skip (sink: true, mu_s: 0): its score is the pruner's
+        expected = "pruner" if StopConfig.from_preset(preset).sink else "attention"
+        assert summary["sink_score_source"] == expected
 
 
 def test_figures_have_the_expected_size_and_are_not_blank(tmp_path, llava_images):

@@ -9,7 +9,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing = subparsers.add_parser(
         "configs",
         help="list the shipped presets, one line each",
-        description="Lists the preset names accepted by --config and stop_config=, with a one-line description.",
+        description="Lists the preset names accepted by --config and stop_config=, with their family (baseline: "
+        "the paper's baseline rows as the SToP code ran them; stop: the paper's SToP rows; original: the method's "
+        "original repository; own: stop-hf's own) and a one-line description naming the code they follow.",
     )
     listing.set_defaults(func=list_configs)
 
@@ -28,12 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def list_configs(args: argparse.Namespace) -> int:
-    from ..config import list_presets, preset_description
+    from ..config import list_presets, preset_description, preset_family
 
     presets = list_presets()
     width = max((len(name) for name in presets), default=0)
+    family_width = max((len(preset_family(name)) for name in presets), default=0)
     for name, path in presets.items():
-        print(f"{name:<{width}}  {preset_description(path)}")
+        print(f"{name:<{width}}  {preset_family(name):<{family_width}}  {preset_description(path)}")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -252,6 +254,48 @@ class Pruner:
     def param_names(cls) -> list[str]:
         """Method-specific parameter names (everything but retention and sink)."""
         return [f.name for f in fields(cls) if f.name not in ("retention", "sink")]
+
+
+#: where the generalisations are documented: docs/configuration.md, section "Where the reference crashes".
+GENERALISATIONS_DOC = "docs/configuration.md#where-the-reference-crashes"
+
+#: every case where a reference implementation crashes and stop-hf returns an output instead: case -> docs anchor
+#: (a heading under "Where the reference crashes" in docs/configuration.md).
+GENERALISATIONS: dict[str, str] = {
+    "visionzip_no_contextual": "visionzip-no-contextual-tokens",
+    "visionzip_target_past_end": "visionzip-sink-target-past-the-end",
+    "fastvid_fewer_frames_than_c": "fastvid-fewer-frames-than-c",
+    "fastvid_no_anchors": "fastvid-d-0",
+    "holitom_baseline_d_split": "holitom-baseline-d-split",
+    "flashvid_no_temporal_merge": "flashvid-temporal-threshold-1",
+    "flashvid_full_budget": "flashvid-full-budget",
+    "prunevid_short_video": "prunevid-fewer-than-7-frames",
+    "prunevid_grid": "prunevid-n-196",
+}
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def generalise(info: dict[str, Any], case: str, detail: str) -> None:
+    """Record, in `info["generalisations"]` (and so in `last_prune_report`), that this call ran `case`: an input where
+    the reference code crashes and stop-hf returns the output documented at GENERALISATIONS[case]. The first time a
+    case occurs in the process, a UserWarning names it and the docs section."""
+    anchor = GENERALISATIONS[case]
+    entry = {"case": case, "detail": detail, "docs": f"docs/configuration.md#{anchor}"}
+    if entry not in info.setdefault("generalisations", []):
+        info["generalisations"].append(entry)
+    with _warned_lock:
+        first = case not in _warned
+        _warned.add(case)
+    if first:
+        warnings.warn(
+            f"stop_hf: {case}: {detail}. The reference code crashes on this input; stop-hf generalises it as "
+            f"documented in docs/configuration.md#{anchor} (warned once per process; recorded in "
+            "last_prune_report's info['generalisations'])",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 #: retention, shared by every method: the fraction of video tokens kept.

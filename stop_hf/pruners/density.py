@@ -192,8 +192,9 @@ def masked_dpc_knn_clusters(
     centres = topk_lowest_index_desc(score, c_max)
     slots = torch.arange(c_max, device=device).expand(b, c_max)
     centre_valid = slots < num_centres[:, None]
-    to_centres = take_rows(dist, centres).masked_fill(~centre_valid[:, :, None], math.inf)  # (B, C, M)
-    assign = to_centres.argmin(dim=1)
+    # dist[b, i, centre]: the centres' columns, as the reference gathers them (torch.cdist is not exactly symmetric)
+    to_centres = dist.gather(2, centres[:, None, :].expand(b, m, c_max))  # (B, M, C)
+    assign = to_centres.masked_fill(~centre_valid[:, None, :], math.inf).argmin(dim=-1)
     assign.scatter_(1, centres, torch.where(centre_valid, slots, assign.gather(1, centres)))
     assign = assign.masked_fill(~valid, c_max)
     # per-cluster sums by index_add: a one-hot matmul would cost B*M*C*D multiply-adds

@@ -16,6 +16,7 @@ from .base import (
     PruneInput,
     Pruner,
     PruneResult,
+    generalise,
     param,
     register_pruner,
     topk_lowest_index,
@@ -52,7 +53,8 @@ class FastVIDPruner(Pruner):
     mu_s != 0 the density score is lowered by `anchor_sink_penalty * s[t]` once, and once more on the multi-frame
     path, as the SToP code does.
 
-    Robustness beyond the reference: c_eff = min(c, T) (the reference fails for T < c; T = 1 is one segment);
+    Where the reference crashes (recorded in info["generalisations"], warned once): c_eff = min(c, T) for T < c
+    (T = 1 is one segment), and Nc = 0 (d = 0) keeps the salient tokens only. Robustness:
     R is at least 1; anchors per frame are capped at the frame's remaining tokens; zero-norm features are
     normalised with an epsilon (no NaN).
     """
@@ -125,6 +127,19 @@ class FastVIDPruner(Pruner):
 
         segments = self.segments(x.global_features)
         info["segments"] = segments
+        if t < self.c:  # the reference asks top-k for c - 1 of T - 1 similarities (llava_arch.py:515)
+            generalise(
+                info,
+                "fastvid_fewer_frames_than_c",
+                f"T={t} frames < c={self.c}: DySeg uses c = min(c, T), every frame its own segment",
+            )
+        if context == 0:
+            generalise(
+                info,
+                "fastvid_no_anchors",
+                f"d={self.d} leaves no anchor budget (Nc = 0 of R = {retain} tokens per frame); each frame keeps its "
+                f"{salient} salient tokens only",
+            )
         counts = self.anchor_counts(segments, context)
 
         # ATS: salient tokens per frame; the others are the frame's "remaining" tokens (increasing position).

@@ -17,6 +17,7 @@ from .base import (
     PruneInput,
     Pruner,
     PruneResult,
+    generalise,
     param,
     register_pruner,
     topk_lowest_index,
@@ -190,6 +191,13 @@ class HoliTomPruner(Pruner):
             else self.retention
         )
         info: dict = {"windows": windows, "total_reduced": total_reduced, "retain_ratio_adjusted": r_adj}
+        if self.sink is None and self.d_split > 0:
+            generalise(
+                info,
+                "holitom_baseline_d_split",
+                f"d_split={self.d_split} without SToP: round(keep * (1 - d_split)) top-attention tokens are copied "
+                "and the rest of keep are density-peak centres of the frame's other dynamic tokens",
+            )
 
         score, frame_sink = rank_with_sink(x.attention, self.sink, x.attention_patches)
         if frame_sink is not None:

@@ -8,7 +8,16 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .base import KIND_COPY, KIND_MERGED, PruneInput, Pruner, PruneResult, param, register_pruner
+from .base import (
+    KIND_COPY,
+    KIND_MERGED,
+    PruneInput,
+    Pruner,
+    PruneResult,
+    generalise,
+    param,
+    register_pruner,
+)
 from .density import EPS, dpc_knn_clusters, split_by_mask
 
 
@@ -141,6 +150,23 @@ class PruneVidPruner(Pruner):
             else:
                 windows.append([i, i])
         info: dict = {"frame_cluster_labels": labels, "frame_cluster_labels_refined": refined}
+        if (
+            t < 7
+        ):  # the reference clusters the frames with k = 7 neighbours (SToP pruning/prunevid/llava_arch.py:496)
+            generalise(
+                info,
+                "prunevid_short_video",
+                f"T={t} frames < 7: the frame clustering uses k = min(7, T) neighbours and int(T/4) clamped to "
+                "[1, T] clusters",
+            )
+        if (
+            n != 196
+        ):  # the reference reshapes every frame to 14 x 14 (SToP pruning/prunevid/llava_arch.py:495)
+            generalise(
+                info,
+                "prunevid_grid",
+                f"N={n} tokens per frame (the reference hard-codes 196): N replaces 196 in the budget",
+            )
         info["windows"] = [tuple(w) for w in windows]
 
         out_embeds, out_index, out_kind = [], [], []

@@ -16,6 +16,7 @@ from .base import (
     PruneInput,
     Pruner,
     PruneResult,
+    generalise,
     param,
     register_pruner,
     topk_lowest_index,
@@ -34,7 +35,8 @@ class VisionZipPruner(Pruner):
 
     Parameters:
         spatial_tokens: tokens per frame. None: the reference table for N=196 (0.10->20, 0.15->30, 0.20->40,
-            0.25->50), otherwise round(N * retention); clamped to [1, N].
+            0.25->50), otherwise int(N * retention), truncated as the SToP eval does (`utils_eval.py:81-83`: 0.3 gives
+            58 of 196, not 59); clamped to [1, N].
         dominant_ratio: dominant = floor(spatial_tokens * ratio), contextual = the rest (54/64 in the reference).
         sink_target_skip_topk: SToP only. The contextual target indices (positions in the frame's non-dominant
             list) are moved up past the grid positions of the top-k sink scores, reproducing the reference's
@@ -43,10 +45,10 @@ class VisionZipPruner(Pruner):
     Output per frame: [dominant tokens, increasing position] then [contextual tokens, target order]; frames in
     time order; M = T * spatial_tokens. A contextual token's index is its target's position.
 
-    Robustness beyond the reference (which never hits these): a skipped target that would run past the end of
-    the non-dominant list takes the largest free index below it instead (or stays put if every index is a sink
-    position); keys of zero norm are normalised with an epsilon (no NaN); contextual_num = 0 yields only
-    dominant tokens.
+    Where the reference crashes (recorded in info["generalisations"], warned once; docs/configuration.md#where-the-
+    reference-crashes): a skipped target that would run past the end of the non-dominant list takes the largest
+    free index below it instead (or stays put if every index is a sink position); contextual_num = 0
+    (dominant_ratio = 1) yields only dominant tokens. Keys of zero norm are normalised with an epsilon (no NaN).
     """
 
     name: ClassVar[str] = "visionzip"
@@ -81,12 +83,14 @@ class VisionZipPruner(Pruner):
                 for ratio, tokens in SPATIAL_TOKENS_196.items():
                     if math.isclose(self.retention, ratio, rel_tol=0, abs_tol=1e-9):
                         count = tokens
-            if count is None:
-                count = int(round(n * self.retention))
+            if (
+                count is None
+            ):  # truncation, as the SToP eval (rlqja1107/SToP @3bf998c eval/utils/utils_eval.py:81-83)
+                count = int(n * self.retention)
         return max(1, min(n, int(count)))
 
     def _skip_sink_targets(
-        self, targets: torch.Tensor, num_filtered: int, sink_score: torch.Tensor
+        self, targets: torch.Tensor, num_filtered: int, sink_score: torch.Tensor, info: dict
     ) -> torch.Tensor:
         """Move each target value v up (v+1, ...) until it is not among the top-k sink grid positions."""
         k = min(int(self.sink_target_skip_topk), sink_score.shape[0])
@@ -99,7 +103,17 @@ class VisionZipPruner(Pruner):
         # next free value >= v (num_filtered if none), largest free value <= v (-1 if none)
         next_free = torch.where(blocked, num_filtered, idx).flip(0).cummin(0).values.flip(0)
         prev_free = torch.where(blocked, -1, idx).cummax(0).values
-        moved = torch.where(next_free[targets] < num_filtered, next_free[targets], prev_free[targets])
+        past_end = next_free[targets] >= num_filtered
+        if bool(
+            past_end.any()
+        ):  # the reference appends index num_filtered here and fails (llava_arch.py:122-128)
+            generalise(
+                info,
+                "visionzip_target_past_end",
+                f"{int(past_end.sum())} contextual target(s) would be moved past the last of the {num_filtered} "
+                "non-dominant tokens by the sink-target skip; each takes the largest free index below it instead",
+            )
+        moved = torch.where(past_end, prev_free[targets], next_free[targets])
         return torch.where(moved >= 0, moved, targets)
 
     def prune(self, x: PruneInput) -> PruneResult:
@@ -135,7 +149,7 @@ class VisionZipPruner(Pruner):
             step = max(1, remaining // contextual)
             targets = torch.arange(0, remaining, step, device=device)[:contextual]
             if sink_score is not None:
-                targets = self._skip_sink_targets(targets, remaining, sink_score)
+                targets = self._skip_sink_targets(targets, remaining, sink_score, info)
             info["target_indices_filtered"] = targets
             is_target = torch.zeros(remaining, dtype=torch.bool, device=device)
             is_target[targets] = True
@@ -166,7 +180,13 @@ class VisionZipPruner(Pruner):
                 ],
                 dim=1,
             )
-        else:
+        else:  # the reference divides by contextual_num = 0 (llava_arch.py:113)
+            generalise(
+                info,
+                "visionzip_no_contextual",
+                f"dominant_ratio={self.dominant_ratio} leaves no contextual token ({per_frame} tokens per frame, all "
+                "dominant); each frame keeps its dominant tokens only",
+            )
             embeds, index = flat_feats[dom_flat], dom_flat
             kind = torch.full_like(dom_flat, KIND_COPY)
 
