@@ -15,6 +15,7 @@ Without a stop config on the engine every override calls vLLM's own method uncha
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -206,6 +207,8 @@ class _StopModelMixin:
     def _stop_setup(self, vllm_config: Any) -> None:
         self._stop_defaults = _engine_options(vllm_config)
         self._stop_pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: the last videos' reports, each with its kept `index` (placement order): read by tests and the bench
+        self.stop_hf_reports: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
         if self._stop_defaults is not None:
             logger.info("stop-hf: pruning videos (engine default %s)", json.dumps(self._stop_defaults))
 
@@ -272,7 +275,7 @@ class _StopModelMixin:
             options, frames * grid[0] * grid[1], target, changed, time.perf_counter() - started
         )
         logger.info("stop-hf pruned video: %s", json.dumps(entry))
-        self.stop_hf_last_report = entry
+        self.stop_hf_reports.append({**entry, "index": result.index[order].tolist()})
         return result.embeds[order].to(features.dtype), result.index[order]
 
 
