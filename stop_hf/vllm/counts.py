@@ -171,7 +171,10 @@ def fit_count(result: PruneResult, x: PruneInput, pruner: Any, target: int) -> t
     Too few: the highest-ranked source tokens not yet represented are appended as copies, in rank order."""
     count = int(result.index.numel())
     if count == target:
-        info = {**result.info, "count_rule": {"reference_tokens": count, "served_tokens": target, "changed": 0}}
+        info = {
+            **result.info,
+            "count_rule": {"reference_tokens": count, "served_tokens": target, "changed": 0},
+        }
         return PruneResult(result.embeds, result.index, result.kind, info), 0
     score = ranking_score(pruner, x).to(result.index.device)
     if count > target:

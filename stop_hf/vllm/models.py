@@ -88,29 +88,26 @@ class _StopProcessorMixin:
         except ValueError as exc:  # this request only
             raise ValueError(f"stop-hf: {exc}") from None
 
-    def _call_hf_processor(self, hf_data, hf_kwargs):  # type: ignore[override]
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):  # type: ignore[override]
+        """vLLM's processing (every path: LLaVA-OV processes videos one by one), without our keys reaching the HF
+        processor, plus the per-video options field."""
         options = self._stop_options(hf_kwargs)
         own = {k: v for k, v in hf_kwargs.items() if k not in (CONFIG_KEY, RULE_KEY)}
-        outputs = self._stop_call_without_options(hf_data, own)
-        if options is not None:
-            videos = self._stop_num_videos(outputs)
-            if videos:
-                encoded = options.encode()
-                outputs[FIELD] = encoded[None].expand(videos, -1).clone()
-        return outputs
-
-    def _stop_call_without_options(self, hf_data, hf_kwargs):
-        ctx = self.info.ctx
-        mm = ctx.model_config.multimodal_config
+        mm = self.info.ctx.model_config.multimodal_config
         saved = mm.mm_processor_kwargs
-        if saved and CONFIG_KEY in saved:
+        if saved and CONFIG_KEY in saved:  # vLLM merges the engine default into the HF processor's kwargs
             mm.mm_processor_kwargs = {
                 k: v for k, v in saved.items() if k not in (CONFIG_KEY, RULE_KEY)
             } or None
         try:
-            return super()._call_hf_processor(hf_data, hf_kwargs)  # type: ignore[misc]
+            outputs = super()._apply_hf_processor_main(mm_items, own)  # type: ignore[misc]
         finally:
             mm.mm_processor_kwargs = saved
+        if options is not None:
+            videos = self._stop_num_videos(outputs)
+            if videos:
+                outputs[FIELD] = options.encode()[None].expand(videos, -1).clone()
+        return outputs
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):  # type: ignore[override]
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
