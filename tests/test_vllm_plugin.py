@@ -434,3 +434,101 @@ def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
     for one, (prompt, ids) in zip(single, double):
         assert list(one.prompt_token_ids) == prompt
         assert list(one.outputs[0].token_ids) == ids
+
+
+def _mp4(frames, path) -> str:
+    """The frames as an H.264 mp4 (PyAV), returned as a data URL."""
+    import base64
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=2)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+@serving
+def test_openai_server_prunes_a_video_on_loopback(checkpoints, tmp_path):
+    """`vllm serve --additional-config` on 127.0.0.1; a chat request with a video is pruned (bounded in time)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    command = [
+        *(os.path.join(os.path.dirname(sys.executable), "vllm"), "serve", str(checkpoints["qwen2_5_vl"])),
+        *("--host", "127.0.0.1", "--port", str(port), "--enforce-eager", "--dtype", "float32"),
+        *("--max-model-len", "4096", "--kv-cache-memory-bytes", str(1 << 28)),
+        *("--limit-mm-per-prompt", '{"video": 1, "image": 0}'),
+        *("--additional-config", json.dumps({"stop_config": "visionzip_stop_r25"})),
+        "--trust-request-mm-kwargs",  # the server accepts per-request mm_processor_kwargs only with this flag
+    ]
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server did not start in 300 s"
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        video = _mp4(_frames(), tmp_path / "clip.mp4")
+
+        def chat(**extra):
+            body = {
+                "model": str(checkpoints["qwen2_5_vl"]),
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "video_url", "video_url": {"url": video}},
+                            {"type": "text", "text": "what happens ?"},
+                        ],
+                    }
+                ],
+                "max_tokens": 3,
+                "temperature": 0,
+                **extra,
+            }
+            request = urllib.request.Request(
+                f"{base}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read() or b"{}")
+
+        status, pruned = chat()
+        assert status == 200, pruned
+        status, full = chat(mm_processor_kwargs={"stop_config": "none"})
+        assert status == 200, full
+        video_full = full["usage"]["prompt_tokens"] - pruned["usage"]["prompt_tokens"]
+        assert video_full > 0
+        # the pruned prompt holds the VisionZip count of the same grid: a quarter of the video tokens kept
+        status, bad = chat(mm_processor_kwargs={"stop_config": '{"method": "uniform", "retention": 3}'})
+        assert status >= 400 and "retention" in json.dumps(bad)
+        status, again = chat()
+        assert status == 200 and again["usage"] == pruned["usage"]  # a bad request fails only itself
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
