@@ -141,6 +141,37 @@ def test_placement_and_positions():
         assert not bool(split_positions(append_positions(embeds, None))[2].any())
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision"])
+def test_servable_tiny_checkpoint_round_trips_in_hf(arch, tmp_path):
+    """LLM heads 32 wide (vLLM's CPU attention refuses 16), hub weight names, tokenizer/processor/template saved."""
+    import glob
+
+    from safetensors.torch import load_file
+    from stop_hf.patches import architecture
+    from transformers import AutoProcessor
+
+    from stop_hf import compat
+    from stop_hf.tiny import SERVABLE_HEAD_DIM, build_tiny_model, save_tiny_checkpoint
+
+    path = save_tiny_checkpoint(tmp_path / arch, arch)
+    names = set().union(*(load_file(f).keys() for f in glob.glob(str(path / "*.safetensors"))))
+    if arch == "llava_onevision":
+        tower = [n for n in names if "vision_tower." in n]
+        assert tower and all("vision_tower.vision_model." in n for n in tower)
+    cls = compat.model_class(architecture(arch).model_class)
+    loaded = cls.from_pretrained(str(path))  # every weight read back: equal to the model that was saved (below)
+    text = loaded.config.text_config
+    assert (
+        getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    ) == SERVABLE_HEAD_DIM
+    expected = build_tiny_model(arch, servable=True).state_dict()
+    state = loaded.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    processor = AutoProcessor.from_pretrained(str(path))
+    assert processor.chat_template and processor.tokenizer.eos_token == "<|im_end|>"
+
+
 # ---------------------------------------------------------------------------------------------------- serving
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 if not HAVE_VLLM:
