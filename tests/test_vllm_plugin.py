@@ -159,7 +159,9 @@ def test_servable_tiny_checkpoint_round_trips_in_hf(arch, tmp_path):
         tower = [n for n in names if "vision_tower." in n]
         assert tower and all("vision_tower.vision_model." in n for n in tower)
     cls = compat.model_class(architecture(arch).model_class)
-    loaded = cls.from_pretrained(str(path))  # every weight read back: equal to the model that was saved (below)
+    loaded = cls.from_pretrained(
+        str(path)
+    )  # every weight read back: equal to the model that was saved (below)
     text = loaded.config.text_config
     assert (
         getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -184,7 +186,11 @@ serving = pytest.mark.skipif(
 
 FRAMES = 4
 PROMPT = "<|im_start|>user\n{video}what happens ?<|im_end|>\n<|im_start|>assistant\n"
-PLACEHOLDER = {"qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>", "llava_onevision": "<video>"}
+PLACEHOLDER = {
+    "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
+    "llava_onevision": "<video>",
+}
 MAX_TOKENS = 6
 
 
@@ -208,7 +214,7 @@ def _metadata():
 
 
 def _request(arch: str, frames, config=None, rule=None) -> dict:
-    video = (frames, _metadata()) if arch == "qwen2_5_vl" else frames
+    video = (frames, _metadata()) if arch.startswith("qwen") else frames
     request = {"prompt": PROMPT.format(video=PLACEHOLDER[arch]), "multi_modal_data": {"video": video}}
     kwargs = {}
     if config is not None:
@@ -274,7 +280,7 @@ def _hf(arch: str, checkpoints, config):
     processor = AutoProcessor.from_pretrained(str(checkpoints[arch]))
     frames = _frames()
     text = PROMPT.format(video=PLACEHOLDER[arch])
-    if arch == "qwen2_5_vl":
+    if arch.startswith("qwen"):
         from transformers.video_utils import VideoMetadata
 
         meta = {k: v for k, v in _metadata().items() if k != "do_sample_frames"}
@@ -295,7 +301,7 @@ def _hf(arch: str, checkpoints, config):
     return _HF[key]
 
 
-ARCHS = ["qwen2_5_vl", "llava_onevision"]
+ARCHS = ["qwen2_5_vl", "qwen2_vl", "llava_onevision"]
 FIXED = [
     {"method": "uniform", "retention": 0.25},
     "visionzip_baseline_r25",
@@ -309,7 +315,7 @@ def test_none_is_vllms_unpruned_prompt_and_hf_ids(arch, checkpoints):
     llm = _engine(arch, checkpoints)
     frames = _frames()
     (out,), reports = _generate(llm, [_request(arch, frames, "none")])
-    per_frame = 144 // 2 if arch == "qwen2_5_vl" else 196  # Qwen: 2 frames per temporal patch
+    per_frame = 144 // 2 if arch.startswith("qwen") else 196  # Qwen: 2 frames per temporal patch
     assert reports == []
     video_tokens = FRAMES * per_frame + (arch == "llava_onevision")
     text = len(llm.get_tokenizer()(PROMPT.format(video=PLACEHOLDER[arch]))["input_ids"]) - 1
@@ -326,7 +332,7 @@ def test_fixed_count_methods_equal_the_hf_path(arch, config, checkpoints):
     (out,), reports = _generate(llm, [_request(arch, _frames(), config)])
     hf_ids, hf_index = _hf(arch, checkpoints, config)
     (report,) = reports
-    if arch == "qwen2_5_vl":  # original positions: placed in representative order, as HF's splice
+    if arch.startswith("qwen"):  # original positions: placed in representative order, as HF's splice
         assert report["index"] == sorted(hf_index)
     else:  # compact: the pruner's own order
         assert report["index"] == hf_index
@@ -342,7 +348,7 @@ def test_exact_count_rule_against_the_reference_count(arch, checkpoints):
     (out,), reports = _generate(llm, [_request(arch, _frames(), config, "exact")])
     (report,) = reports
     options = serve_options(config, "exact", arch)
-    frames, grid = (FRAMES // 2, (12, 12)) if arch == "qwen2_5_vl" else (FRAMES, (14, 14))
+    frames, grid = (FRAMES // 2, (12, 12)) if arch.startswith("qwen") else (FRAMES, (14, 14))
     assert report["tokens_after"] == target_count(options, frames, grid)
     _, hf_index = _hf(arch, checkpoints, config)
     assert report["tokens_after"] - len(hf_index) == report["count_changed"]

@@ -19,6 +19,7 @@ _MODELS = "stop_hf.vllm.models"
 #: vLLM class name -> our subclass (in stop_hf.vllm.models)
 MODEL_CLASSES = {
     "Qwen2_5_VLForConditionalGeneration": "StopQwen2_5_VLForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration": "StopQwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "StopLlavaOnevisionForConditionalGeneration",
 }
 

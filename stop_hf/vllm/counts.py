@@ -32,6 +32,7 @@ CONFIG_KEY, RULE_KEY = "stop_config", "stop_count_rule"
 #: the architectures (vLLM class names) the plugin serves -> stop_hf adapter name
 SERVED_ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
 }
 #: 1-D position models: vLLM numbers the pruned prompt sequentially (HF's `compact`)

@@ -38,6 +38,12 @@ from vllm.model_executor.models.qwen2_5_vl import (
     Qwen2_5_VLMultiModalProcessor,
     Qwen2_5_VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen2_vl import (
+    Qwen2VLDummyInputsBuilder,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLMultiModalProcessor,
+    Qwen2VLProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
@@ -156,6 +162,12 @@ class StopQwen2_5_VLProcessor(_StopProcessorMixin, Qwen2_5_VLMultiModalProcessor
         t, h, w = (int(v) for v in item["video_grid_thw"].data.tolist())
         merge = self.info.get_hf_config().vision_config.spatial_merge_size
         return t, (h // merge, w // merge), 0
+
+
+class StopQwen2VLProcessor(_StopProcessorMixin, Qwen2VLMultiModalProcessor):
+    arch = "qwen2_vl"
+    _stop_num_videos = staticmethod(StopQwen2_5_VLProcessor._stop_num_videos)
+    _stop_video_shape = StopQwen2_5_VLProcessor._stop_video_shape
 
 
 class StopLlavaOnevisionProcessor(_StopProcessorMixin, LlavaOnevisionMultiModalProcessor):
@@ -277,13 +289,31 @@ class _StopModelMixin:
 
 
 # ------------------------------------------------------------------ Qwen2.5-VL
-@MULTIMODAL_REGISTRY.register_processor(
-    StopQwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
-)
-class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForConditionalGeneration):
+class _StopQwenMixin(_StopModelMixin):
+    """Qwen2-VL and Qwen2.5-VL: packed patches per temporal patch, 2x2 merge units, 3-D mRoPE."""
+
+    windowed = True  # Qwen2.5-VL's window attention (the tower permutes merge units into window order)
+
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._stop_setup(vllm_config)
+
+    def _stop_full_blocks(self) -> list[int]:
+        if self.windowed:
+            return [int(i) for i in self.visual.fullatt_block_indexes]
+        return list(range(len(self.visual.blocks)))
+
+    def _stop_window_index(self, grids) -> torch.Tensor:
+        if self.windowed:
+            return self.visual.prepare_encoder_metadata(grids)["window_index"]
+        merge = self.visual.spatial_merge_size
+        return torch.arange(sum(t * h * w for t, h, w in grids) // (merge * merge))
+
+    def _stop_local_keys(self, attn: Any, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """(s, b, qkv) output of the block's qkv projection -> this rank's pre-rotary keys (s, heads, dh)."""
+        if self.windowed:  # QKVParallelLinear: [q | k | v] of this rank's heads
+            return x.reshape(x.shape[0], 3, heads, -1)[:, 1]
+        return attn.split_qkv(x)[1][:, 0]  # Qwen2-VL's own split (gathers across ranks when sharded)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         """vLLM's numbering, with a pruned video's placeholders all at the video's start (the encoder's offsets are
@@ -328,9 +358,9 @@ class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForCondi
         by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
         out: tuple[torch.Tensor, ...] = ()
         for modality, inputs in by_modality.items():
-            if modality == "image":
+            if modality in ("image", "images"):  # Qwen2-VL's keys are plural
                 out += tuple(append_positions(e, None) for e in self._process_image_input(inputs))
-            if modality == "video":
+            if modality in ("video", "videos"):
                 out += tuple(self._stop_videos(inputs, options))
         return out
 
@@ -372,7 +402,7 @@ class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForCondi
         return out
 
     def _stop_block(self, layer: int | None) -> int:
-        full = list(self.visual.fullatt_block_indexes)
+        full = self._stop_full_blocks()
         depth = len(self.visual.blocks)
         if layer is None:
             return int(full[-1]) if full else depth - 1
@@ -383,7 +413,7 @@ class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForCondi
         return layer % depth
 
     def _stop_attention_patches(self, block: int, h: int, w: int) -> int:
-        if block in set(self.visual.fullatt_block_indexes):
+        if block in set(self._stop_full_blocks()):
             return h * w
         window = (self.visual.window_size // self.visual.patch_size) ** 2
         return min(h * w, window)
@@ -398,8 +428,8 @@ class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForCondi
 
             def keys_hook(module, args, output):
                 x = output[0] if isinstance(output, tuple) else output  # (s, b, 3 * heads * dh)
-                qkv = x.reshape(x.shape[0], 3, heads, -1)
-                keys = head_mean_keys(qkv[:, 1].transpose(0, 1)[None])[0]  # (s, dh)
+                local = self._stop_local_keys(attn, x, heads)  # (s, heads, dh)
+                keys = head_mean_keys(local.transpose(0, 1)[None])[0]  # (s, dh)
                 captured["keys"] = _all_reduce_heads(keys, heads, tp)
 
             handles.append(attn.qkv.register_forward_hook(keys_hook))
@@ -425,8 +455,7 @@ class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForCondi
             return {}
         merge = self.visual.spatial_merge_size
         unit = merge * merge
-        metadata = self.visual.prepare_encoder_metadata(grids)
-        window_index = metadata["window_index"]
+        window_index = self._stop_window_index(grids)
         out: dict[str, list[torch.Tensor]] = {}
         for name, key in (("attention", "attention"), ("keys", "keys"), ("global_features", "hidden")):
             if key not in captured:
@@ -440,6 +469,20 @@ class StopQwen2_5_VLForConditionalGeneration(_StopModelMixin, Qwen2_5_VLForCondi
                 rows.append(span.mean(dim=1) if name == "global_features" else span)
             out[name] = rows
         return out
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+)
+class StopQwen2_5_VLForConditionalGeneration(_StopQwenMixin, Qwen2_5_VLForConditionalGeneration):
+    windowed = True
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen2VLProcessor, info=Qwen2VLProcessingInfo, dummy_inputs=Qwen2VLDummyInputsBuilder
+)
+class StopQwen2VLForConditionalGeneration(_StopQwenMixin, Qwen2VLForConditionalGeneration):
+    windowed = False  # every block attends over a whole temporal patch
 
 
 # ------------------------------------------------------------------ LLaVA-OneVision
@@ -563,5 +606,6 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
 
 assert set(SERVED_ARCHITECTURES) == {
     "Qwen2_5_VLForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration",
 }
