@@ -14,6 +14,7 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -112,12 +113,33 @@ def _sharpen(module: torch.nn.Module, factors: dict[str, float]) -> None:
                     break
 
 
-def tiny_config(arch: str):
-    """The tiny config of a registered architecture (its adapter's `tiny_config`: real token geometry)."""
+def tiny_config(arch: str, servable: bool = False):
+    """The tiny config of a registered architecture (its adapter's `tiny_config`: real token geometry). `servable`:
+    the LLM's attention heads are 32 wide (`SERVABLE_HEAD_DIM`), which vLLM's CPU attention needs."""
     config = _adapter(arch).tiny_config()
     config.eos_token_id = token_id("<|im_end|>")
     config.pad_token_id = token_id("<pad>")
+    if servable:
+        _widen_text_heads(config.text_config)
     return config
+
+
+#: vLLM's CPU attention refuses head_dim 16 (`Unsupported CPU attention configuration`); 32 is served.
+SERVABLE_HEAD_DIM = 32
+
+
+def _widen_text_heads(text: Any) -> None:
+    """Same hidden size, fewer and wider LLM heads (head_dim 32); the mRoPE sections scaled to the new width."""
+    heads = text.hidden_size // SERVABLE_HEAD_DIM
+    old_head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    text.num_attention_heads = heads
+    text.num_key_value_heads = max(1, min(text.num_key_value_heads, heads // 2))
+    if getattr(text, "head_dim", None) is not None:
+        text.head_dim = SERVABLE_HEAD_DIM
+    rope = getattr(text, "rope_parameters", None) or {}
+    if "mrope_section" in rope:
+        scale = SERVABLE_HEAD_DIM // old_head_dim
+        rope["mrope_section"] = [s * scale for s in rope["mrope_section"]]
 
 
 def tiny_llava_onevision_config():
@@ -136,25 +158,48 @@ def _adapter(arch: str):
     return architecture(arch)
 
 
-def build_tiny_model(arch: str = "llava_onevision", seed: int = 0):
+def build_tiny_model(arch: str = "llava_onevision", seed: int = 0, servable: bool = False):
     """A random tiny model of `arch` (in memory, eval mode, fp32), its attention sharpened by the adapter's
-    `tiny_sharpen` factors (q/k projections x QK_SCALE by default)."""
+    `tiny_sharpen` factors (q/k projections x QK_SCALE by default). `servable`: see `tiny_config`."""
     from stop_hf import compat
 
     adapter = _adapter(arch)
     torch.manual_seed(seed)
-    model = compat.model_class(adapter.model_class)(tiny_config(arch))
+    model = compat.model_class(adapter.model_class)(tiny_config(arch, servable))
     _sharpen(model, adapter.tiny_sharpen)
     adapter.tiny_adjust(model)
     return model.eval()
 
 
-def save_tiny_checkpoint(path: str | Path, arch: str = "llava_onevision", seed: int = 0) -> Path:
-    """Writes a tiny model, its tokenizer and processor to `path` (a from_pretrained-able folder)."""
+def save_tiny_checkpoint(
+    path: str | Path, arch: str = "llava_onevision", seed: int = 0, servable: bool = True
+) -> Path:
+    """Writes a tiny model, its tokenizer, processor and chat template to `path`: a folder that HF `from_pretrained`
+    and (with `servable`, the default) vLLM's CPU backend both load (LLM heads 32 wide; weight names as hub
+    checkpoints spell them)."""
     path = Path(path)
-    build_tiny_model(arch, seed).save_pretrained(path)
+    build_tiny_model(arch, seed, servable).save_pretrained(path)
     build_processor(arch).save_pretrained(path)
+    if servable:
+        _hub_weight_names(path)
     return path
+
+
+def _hub_weight_names(path: Path) -> None:
+    """Some transformers releases save LLaVA-OV's SigLIP tower as `vision_tower.*`; hub checkpoints (and vLLM's
+    loader) spell it `vision_tower.vision_model.*`, which every release loads. Rewrites the names in place."""
+    from safetensors.torch import load_file, save_file
+
+    for file in sorted(path.glob("*.safetensors")):
+        weights = load_file(file)
+        renamed = {}
+        for name, value in weights.items():
+            head, sep, tail = name.partition("vision_tower.")
+            if sep and not tail.startswith("vision_model.") and "siglip" not in tail:
+                name = f"{head}vision_tower.vision_model.{tail}"
+            renamed[name] = value
+        if renamed.keys() != weights.keys():
+            save_file(renamed, file, metadata={"format": "pt"})
 
 
 def tiny_checkpoint(arch: str = "llava_onevision", seed: int = 0) -> Path:
@@ -164,7 +209,7 @@ def tiny_checkpoint(arch: str = "llava_onevision", seed: int = 0) -> Path:
     if key not in _CHECKPOINTS:
         folder = Path(tempfile.mkdtemp(prefix=f"stop_hf_tiny_{arch}_"))
         atexit.register(shutil.rmtree, folder, True)
-        _CHECKPOINTS[key] = save_tiny_checkpoint(folder, arch, seed)
+        _CHECKPOINTS[key] = save_tiny_checkpoint(folder, arch, seed, servable=False)
     return _CHECKPOINTS[key]
 
 

@@ -34,6 +34,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per row")
     parser.add_argument("--decode-tokens", type=int, default=2)
     parser.add_argument("--out", default="bench_out")
+    # --engine vllm (issue 22): serving throughput in vLLM, pruned vs unpruned (stop_hf.vllm.bench)
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm"])
+    parser.add_argument(
+        "--configs", nargs="+", default=["visionzip_stop_r25", "visionzip_stop_r10"], help="vllm"
+    )
+    parser.add_argument("--count-rule", default="exact", choices=["shape", "exact"], help="vllm")
+    parser.add_argument("--requests", type=int, default=8, help="vllm: videos per batch")
+    parser.add_argument(
+        "--model", default=None, help="vllm: checkpoint (default on CPU: the tiny servable one)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -75,6 +85,21 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import BenchSettings, markdown_table, run_bench
 
     check_settings(args)
+    if args.engine == "vllm":
+        from ..vllm.bench import run as run_vllm
+
+        run_vllm(
+            args.arch,
+            tuple(args.configs),
+            args.count_rule,
+            args.requests,
+            args.frames,
+            args.repeats,
+            args.device,
+            args.model,
+            args.out,
+        )
+        return 0
 
     gpu = args.device.startswith("cuda")
     settings = BenchSettings(

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# CI for stop-hf's vLLM plugin (issue 22): builds the CPU vLLM venv with scripts/setup_vllm.sh (reused when it already
+# imports) and runs the plugin tests there. Usage: bash scripts/ci_vllm.sh [VENV]  (default: $TMPDIR/stop-hf-vllm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-${STOP_HF_VLLM_VENV:-${TMPDIR:-/tmp}/stop-hf-vllm}}
+if ! "$VENV/bin/python" -c "import vllm, stop_hf.vllm" 2>/dev/null; then
+  rm -rf "$VENV"
+  bash scripts/setup_vllm.sh "$VENV"
+else
+  "$VENV/bin/python" -m pip install -q --no-deps -e .  # this checkout, in case the venv held another one
+fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false VLLM_ENABLE_V1_MULTIPROCESSING=0
+# the engines start once per architecture and are shared by every test (module scope); bounded in time
+timeout "${STOP_HF_VLLM_TIMEOUT:-1500}" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_plugin.py

@@ -1,0 +1,256 @@
+"""The vLLM plugin's pure logic: serving options, prompt-time token counts, the exact-count rule and the position
+channels. No vLLM or transformers imports here (the main test suite runs it without vLLM).
+
+vLLM fixes a video's placeholder count when the prompt is processed, before the encoder runs, and nothing masks a
+placeholder whose embedding would be missing. So every served video has a count known from its shape:
+- methods whose count follows from the shape (none, uniform, random, visionzip) keep it: `target_count` runs the
+  same pruner on a synthetic input of that shape (cached) and the model checks the real result has it;
+- content-dependent methods (fastvid's rare +-1, holitom, flashvid, prunevid) need `count_rule: exact`: the target
+  is the method's own budget (`reference_budget`) and `fit_count` trims the result by the method's own ranking score
+  or tops it up with the next-ranked source tokens; how many tokens it changed is reported per video.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import StopConfig, StopConfigError, means_no_pruning
+from ..pruners import KIND_COPY, PruneInput, PruneResult, topk_lowest_index
+
+#: `count_rule` values: `shape` (default) serves only methods whose count follows from the shape; `exact` serves
+#: every method at its reference budget (trim / top up, reported).
+COUNT_RULES = ("shape", "exact")
+#: methods whose kept count depends on the video's content (measured: docs/research/vllm.md)
+CONTENT_COUNT_METHODS = ("fastvid", "flashvid", "holitom", "prunevid")
+#: keys the plugin reads from `additional_config` and from `mm_processor_kwargs`
+CONFIG_KEY, RULE_KEY = "stop_config", "stop_count_rule"
+#: the architectures (vLLM class names) the plugin serves -> stop_hf adapter name
+SERVED_ARCHITECTURES = {
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
+    "LlavaOnevisionForConditionalGeneration": "llava_onevision",
+}
+#: 1-D position models: vLLM numbers the pruned prompt sequentially (HF's `compact`)
+ONE_D_ARCHITECTURES = ("llava_onevision",)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """One video's pruning in vLLM: the validated StopConfig, the count rule and the architecture's position mode."""
+
+    config: StopConfig
+    count_rule: str = "shape"
+    position_mode: str = "original"
+
+    @property
+    def active(self) -> bool:
+        return not self.config.is_identity
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "config": self.config.to_dict(),
+                "count_rule": self.count_rule,
+                "position_mode": self.position_mode,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeOptions:
+        data = json.loads(text)
+        return cls(StopConfig.from_dict(data["config"]), data["count_rule"], data["position_mode"])
+
+    def encode(self) -> torch.Tensor:
+        """(L,) uint8: the options as a tensor, so they travel to the model as a per-video multimodal field."""
+        return torch.tensor(list(self.to_json().encode()), dtype=torch.uint8)
+
+    @classmethod
+    def decode(cls, tensor: torch.Tensor) -> ServeOptions:
+        return cls.from_json(bytes(tensor.to(torch.uint8).cpu().tolist()).decode())
+
+
+def serve_options(stop_config: Any, count_rule: Any = None, arch: str = "qwen2_5_vl") -> ServeOptions:
+    """Validates a stop config (preset, YAML path, dict, StopConfig, "none") and a count rule for `arch` the way the
+    HF kwarg is validated; raises StopConfigError naming the field."""
+    if isinstance(stop_config, str) and stop_config.lstrip().startswith("{"):
+        try:  # a JSON mapping (the server's mm_processor_kwargs, the engine default)
+            stop_config = json.loads(stop_config)
+        except json.JSONDecodeError as exc:
+            raise StopConfigError(f"stop_config={stop_config!r} is not valid JSON: {exc}") from None
+    config = StopConfig(method="none") if means_no_pruning(stop_config) else StopConfig.from_any(stop_config)
+    rule = "shape" if count_rule is None else count_rule
+    if rule not in COUNT_RULES:
+        raise StopConfigError(f"{RULE_KEY}={rule!r} is not allowed; allowed: {list(COUNT_RULES)}")
+    if config.prune_images:
+        raise StopConfigError(
+            "stop_config.prune_images=true is not supported in vLLM; images pass unpruned (false)"
+        )
+    mode = config.position_mode
+    if arch in ONE_D_ARCHITECTURES:
+        # vLLM numbers a 1-D prompt sequentially: only HF's `compact` layout can be served exactly
+        if mode == "original":
+            raise StopConfigError(
+                "stop_config.position_mode='original' is not supported by vLLM on 1-D position models (vLLM numbers "
+                "the pruned prompt sequentially); allowed here: compact"
+            )
+        mode = "compact"
+    else:
+        if mode == "compact":
+            raise StopConfigError(
+                "stop_config.position_mode='compact' is not supported for 3-D mRoPE positions; allowed: auto, original"
+            )
+        mode = "original"
+    if not config.is_identity and config.method in CONTENT_COUNT_METHODS and rule != "exact":
+        raise StopConfigError(
+            f"stop_config.method={config.method!r} keeps a content-dependent number of tokens, but vLLM fixes the "
+            f"count before encoding; set {RULE_KEY}='exact' (trim by the method's score / top up with the "
+            "next-ranked tokens to the method's budget, reported per video)"
+        )
+    return ServeOptions(config, rule, mode)
+
+
+def reference_budget(options: ServeOptions, frames: int, tokens_per_frame: int) -> int:
+    """The count a content-dependent method aims at: its per-frame budget times frames (fastvid, flashvid), or
+    round(T * N * retention) (holitom, prunevid)."""
+    pruner = options.config.build_pruner()
+    if hasattr(pruner, "budgets"):
+        return frames * int(pruner.budgets(tokens_per_frame)[0])
+    return max(
+        1, min(frames * tokens_per_frame, int(round(frames * tokens_per_frame * options.config.retention)))
+    )
+
+
+def target_count(options: ServeOptions, frames: int, grid: tuple[int, int]) -> int:
+    """Grid tokens a video of `frames` x `grid` keeps in vLLM (trailing tokens such as LLaVA-OV's newline excluded)."""
+    tokens = frames * grid[0] * grid[1]
+    if not options.active:
+        return tokens
+    if options.config.method in CONTENT_COUNT_METHODS:
+        return reference_budget(options, frames, grid[0] * grid[1])
+    return _probe_count(options.to_json(), frames, grid)
+
+
+def synthetic_input(frames: int, grid: tuple[int, int], width: int = 8) -> PruneInput:
+    """A deterministic input of the given shape with every signal (the count of shape-determined methods)."""
+    generator = torch.Generator().manual_seed(0)
+    n = grid[0] * grid[1]
+    attention = torch.rand(frames, n, generator=generator)
+    return PruneInput(
+        features=torch.randn(frames, n, width, generator=generator),
+        attention=attention / attention.sum(dim=-1, keepdim=True),
+        keys=torch.randn(frames, n, width, generator=generator),
+        global_features=torch.randn(frames, width, generator=generator),
+        grid=grid,
+        attention_patches=n,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _probe_count(options_json: str, frames: int, grid: tuple[int, int]) -> int:
+    options = ServeOptions.from_json(options_json)
+    return int(options.config.build_pruner()(synthetic_input(frames, grid)).index.numel())
+
+
+def ranking_score(pruner: Any, x: PruneInput) -> torch.Tensor:
+    """(T * N,) the score the method ranks source tokens by: its attention ranking (SToP's STSP-corrected when sink
+    is on); the feature norm for methods without attention."""
+    if x.attention is not None:
+        return pruner.ranking(x)[0].reshape(-1).float()
+    return x.features.float().norm(dim=-1).reshape(-1)
+
+
+def fit_count(result: PruneResult, x: PruneInput, pruner: Any, target: int) -> tuple[PruneResult, int]:
+    """The result with exactly `target` tokens, and target minus the method's own count (0: unchanged).
+
+    Too many: the output tokens whose representatives rank lowest by the method's score are dropped (order kept).
+    Too few: the highest-ranked source tokens not yet represented are appended as copies, in rank order."""
+    count = int(result.index.numel())
+    if count == target:
+        info = {
+            **result.info,
+            "count_rule": {"reference_tokens": count, "served_tokens": target, "changed": 0},
+        }
+        return PruneResult(result.embeds, result.index, result.kind, info), 0
+    score = ranking_score(pruner, x).to(result.index.device)
+    if count > target:
+        keep = torch.sort(topk_lowest_index(score[result.index], target)).values
+        fitted = PruneResult(result.embeds[keep], result.index[keep], result.kind[keep], dict(result.info))
+    else:
+        taken = torch.zeros_like(score, dtype=torch.bool)
+        taken[result.index] = True
+        extra = topk_lowest_index(score.masked_fill(taken, float("-inf")), target - count)
+        flat = x.features.reshape(-1, x.features.shape[-1])
+        fitted = PruneResult(
+            torch.cat([result.embeds, flat[extra].to(result.embeds.dtype)]),
+            torch.cat([result.index, extra]),
+            torch.cat([result.kind, torch.full_like(extra, KIND_COPY)]),
+            dict(result.info),
+        )
+    fitted.info["count_rule"] = {
+        "reference_tokens": count,
+        "served_tokens": target,
+        "changed": target - count,
+    }
+    return fitted, target - count
+
+
+def placement_order(result: PruneResult, position_mode: str) -> torch.Tensor:
+    """(M,) the order the result's tokens fill the video's placeholders: representative order (`original`, each at
+    its representative's position, as HF's splice) or the pruner's own order (`compact`)."""
+    if position_mode == "original":
+        return torch.sort(result.index, stable=True).indices
+    return torch.arange(result.index.numel(), device=result.index.device)
+
+
+def relative_mrope(index: torch.Tensor, grid: tuple[int, int], t_factor: float) -> torch.Tensor:
+    """(M,) flat t * N + n indices -> (M, 3) (t, h, w) offsets from the video's first position, as vLLM numbers an
+    unpruned video (t scaled by seconds per grid x tokens per second, truncated)."""
+    n = grid[0] * grid[1]
+    t, rest = index // n, index % n
+    t_pos = t if t_factor == 1.0 else (t.double() * t_factor).long()
+    return torch.stack([t_pos, rest // grid[1], rest % grid[1]], dim=-1)
+
+
+#: extra channels appended to every multimodal embedding while the plugin is active: (hi, lo) base-256 digits of the
+#: t, h, w offsets (exact even in bf16) and a flag (1: the token's positions are corrected)
+POSITION_CHANNELS = 7
+
+
+def append_positions(embeds: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """(M, D) embeddings + (M, 3) offsets (None: no correction) -> (M, D + POSITION_CHANNELS)."""
+    extra = embeds.new_zeros(embeds.shape[0], POSITION_CHANNELS)
+    if offsets is not None:
+        offsets = offsets.to(embeds.device)
+        extra[:, 0:6:2] = torch.div(offsets, 256, rounding_mode="floor").to(embeds.dtype)
+        extra[:, 1:6:2] = (offsets % 256).to(embeds.dtype)
+        extra[:, 6] = 1
+    return torch.cat([embeds, extra], dim=-1)
+
+
+def split_positions(embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of `append_positions`: (embeddings (M, D), offsets (M, 3) int64, corrected (M,) bool)."""
+    extra = embeds[:, -POSITION_CHANNELS:].float().round().long()
+    offsets = extra[:, 0:6:2] * 256 + extra[:, 1:6:2]
+    return embeds[:, :-POSITION_CHANNELS], offsets, extra[:, 6] == 1
+
+
+def report_entry(
+    options: ServeOptions, before: int, after: int, changed: int, seconds: float
+) -> dict[str, Any]:
+    """What the plugin logs per video (and `stop-hf bench --engine vllm` reads)."""
+    return {
+        "method": options.config.method,
+        "sink": options.config.sink,
+        "retention": options.config.retention,
+        "count_rule": options.count_rule,
+        "tokens_before": before,
+        "tokens_after": after,
+        "count_changed": changed,
+        "prune_seconds": round(seconds, 6),
+    }

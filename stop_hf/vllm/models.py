@@ -1,0 +1,611 @@
+"""vLLM's own model and processor classes, subclassed to prune videos with stop-hf's pruners (loaded lazily by the
+`vllm.general_plugins` entry point; see docs/vllm.md).
+
+Without a stop config on the engine every override calls vLLM's own method unchanged. With one:
+- processor: each video's placeholder count is `target_count` of its options and grid (fixed before encoding), and
+  its options travel to the model as a per-video field `stop_hf_options`;
+- encoder: hooks on the saliency layer compute the same signals as the HF path (stop_hf.signals), the pure pruner
+  runs (stop_hf.pruners), the exact-count rule fits the count, and the kept embeddings are returned in placement
+  order. On mRoPE models each embedding carries its representative's (t, h, w) offset in extra channels;
+  `embed_input_ids` strips them and `forward` adds them to the placeholders' positions, which `get_mrope_input_positions`
+  set to the video's start. Text after a video keeps vLLM's unpruned positions (max + 1 of the unpruned grid).
+- tensor parallelism: the attention/keys partial sums over each rank's head shard are all-reduced before selection,
+  so every rank keeps the same tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from vllm.distributed import get_tensor_model_parallel_world_size, tensor_model_parallel_all_reduce
+from vllm.model_executor.models.llava_onevision import (
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+)
+from vllm.model_executor.models.qwen2_5_vl import (
+    Qwen2_5_VLDummyInputsBuilder,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLMultiModalProcessor,
+    Qwen2_5_VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen2_vl import (
+    Qwen2VLDummyInputsBuilder,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLMultiModalProcessor,
+    Qwen2VLProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.processing import PromptReplacement
+
+from ..pruners import PruneInput
+from ..signals import attention_received, head_mean_keys, segment_attention_received, unpermute_merge_units
+from .counts import (
+    CONFIG_KEY,
+    RULE_KEY,
+    SERVED_ARCHITECTURES,
+    ServeOptions,
+    append_positions,
+    fit_count,
+    placement_order,
+    relative_mrope,
+    report_entry,
+    serve_options,
+    split_positions,
+    target_count,
+)
+
+logger = logging.getLogger("vllm.stop_hf")  # under vLLM's configured logger: shown with its INFO logs
+FIELD = "stop_hf_options"
+
+
+# ---------------------------------------------------------------------------------------------------- processors
+class _StopProcessorMixin:
+    """Adds the per-video options field and the pruned placeholder counts to a vLLM multimodal processor."""
+
+    arch: str = ""
+
+    def _stop_engine_defaults(self) -> dict[str, Any] | None:
+        kwargs = self.info.ctx.model_config.multimodal_config.mm_processor_kwargs or {}
+        return kwargs if CONFIG_KEY in kwargs else None
+
+    def _stop_options(self, hf_kwargs: Mapping[str, object]) -> ServeOptions | None:
+        defaults = self._stop_engine_defaults()
+        if defaults is None:
+            if CONFIG_KEY in hf_kwargs or RULE_KEY in hf_kwargs:
+                raise ValueError(
+                    f"mm_processor_kwargs.{CONFIG_KEY}: this engine was started without additional_config.stop_config;"
+                    ' start it with one ("none" for no default pruning) to prune per request'
+                )
+            return None
+        merged = {**defaults, **{k: v for k, v in hf_kwargs.items() if k in (CONFIG_KEY, RULE_KEY)}}
+        try:
+            return serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
+        except ValueError as exc:  # this request only
+            raise ValueError(f"stop-hf: {exc}") from None
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):  # type: ignore[override]
+        """vLLM's processing (every path: LLaVA-OV processes videos one by one), without our keys reaching the HF
+        processor, plus the per-video options field."""
+        options = self._stop_options(hf_kwargs)
+        own = {k: v for k, v in hf_kwargs.items() if k not in (CONFIG_KEY, RULE_KEY)}
+        mm = self.info.ctx.model_config.multimodal_config
+        saved = mm.mm_processor_kwargs
+        if saved and CONFIG_KEY in saved:  # vLLM merges the engine default into the HF processor's kwargs
+            mm.mm_processor_kwargs = {
+                k: v for k, v in saved.items() if k not in (CONFIG_KEY, RULE_KEY)
+            } or None
+        try:
+            outputs = super()._apply_hf_processor_main(mm_items, own)  # type: ignore[misc]
+        finally:
+            mm.mm_processor_kwargs = saved
+        if options is not None:
+            videos = self._stop_num_videos(outputs)
+            if videos:
+                outputs[FIELD] = options.encode()[None].expand(videos, -1).clone()
+        return outputs
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):  # type: ignore[override]
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))  # type: ignore[misc]
+        if FIELD in hf_inputs:
+            fields[FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
+        return fields
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):  # type: ignore[override]
+        own = {k: v for k, v in hf_processor_mm_kwargs.items() if k not in (CONFIG_KEY, RULE_KEY)}
+        updates = super()._get_prompt_updates(mm_items, own, out_mm_kwargs)  # type: ignore[misc]
+        if self._stop_engine_defaults() is None:
+            return updates
+        out = []
+        for update in updates:
+            if update.modality == "video":
+                update = PromptReplacement(
+                    modality="video",
+                    target=update.target,
+                    replacement=partial(
+                        self._stop_video_replacement, update.replacement, mm_items, out_mm_kwargs
+                    ),
+                )
+            out.append(update)
+        return out
+
+    def _stop_video_replacement(self, original, mm_items, out_mm_kwargs, item_idx: int):
+        tokens = original(item_idx)
+        item = out_mm_kwargs["video"][item_idx]
+        if FIELD not in item:
+            return tokens
+        options = ServeOptions.decode(item[FIELD].data)
+        frames, grid, trailing = self._stop_video_shape(mm_items, item, item_idx)
+        count = target_count(options, frames, grid) + trailing
+        return [tokens[0]] * count
+
+
+class StopQwen2_5_VLProcessor(_StopProcessorMixin, Qwen2_5_VLMultiModalProcessor):
+    arch = "qwen2_5_vl"
+
+    @staticmethod
+    def _stop_num_videos(outputs) -> int:
+        grid = outputs.get("video_grid_thw")
+        return 0 if grid is None else int(grid.shape[0])
+
+    def _stop_video_shape(self, mm_items, item, item_idx):
+        t, h, w = (int(v) for v in item["video_grid_thw"].data.tolist())
+        merge = self.info.get_hf_config().vision_config.spatial_merge_size
+        return t, (h // merge, w // merge), 0
+
+
+class StopQwen2VLProcessor(_StopProcessorMixin, Qwen2VLMultiModalProcessor):
+    arch = "qwen2_vl"
+    _stop_num_videos = staticmethod(StopQwen2_5_VLProcessor._stop_num_videos)
+    _stop_video_shape = StopQwen2_5_VLProcessor._stop_video_shape
+
+
+class StopLlavaOnevisionProcessor(_StopProcessorMixin, LlavaOnevisionMultiModalProcessor):
+    arch = "llava_onevision"
+
+    @staticmethod
+    def _stop_num_videos(outputs) -> int:
+        pixels = outputs.get("pixel_values_videos")
+        if pixels is None:
+            return 0
+        return len(pixels) if isinstance(pixels, list) else int(pixels.shape[0])
+
+    def _stop_video_shape(self, mm_items, item, item_idx):
+        frames = int(item["pixel_values_videos"].data.shape[0])
+        vision = self.info.get_hf_config().vision_config
+        side = -(-(vision.image_size // vision.patch_size) // 2)
+        return frames, (side, side), 1
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def _engine_options(vllm_config: Any) -> dict[str, Any] | None:
+    kwargs = vllm_config.model_config.multimodal_config.mm_processor_kwargs or {}
+    return kwargs if CONFIG_KEY in kwargs else None
+
+
+def _options_per_video(kwargs: dict[str, Any], videos: int) -> list[ServeOptions | None]:
+    field = kwargs.pop(FIELD, None)
+    if field is None:
+        return [None] * videos
+    rows = list(field) if not isinstance(field, list) else field
+    return [ServeOptions.decode(row) for row in rows]
+
+
+def _all_reduce_heads(values: torch.Tensor, local_heads: int, tp: int) -> torch.Tensor:
+    """A head-mean over this rank's shard -> the head-mean over all heads (every rank gets the same values)."""
+    if tp == 1:
+        return values
+    return tensor_model_parallel_all_reduce(values * local_heads) / (local_heads * tp)
+
+
+class _StopModelMixin:
+    """Strips the position channels in `embed_input_ids` and applies them in `forward` (mRoPE models)."""
+
+    uses_position_channels = True
+
+    def _stop_setup(self, vllm_config: Any) -> None:
+        self._stop_defaults = _engine_options(vllm_config)
+        self._stop_pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: the last videos' reports, each with its kept `index` (placement order): read by tests and the bench
+        self.stop_hf_reports: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        if self._stop_defaults is not None:
+            logger.info("stop-hf: pruning videos (engine default %s)", json.dumps(self._stop_defaults))
+
+    def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):
+        self._stop_pending = None
+        if self._stop_defaults is None or not multimodal_embeddings or not self.uses_position_channels:
+            return super().embed_input_ids(input_ids, multimodal_embeddings, is_multimodal=is_multimodal)
+        stripped, offsets, corrected = [], [], []
+        for embeds in multimodal_embeddings:
+            values, offset, flag = split_positions(embeds)
+            stripped.append(values)
+            offsets.append(offset)
+            corrected.append(flag)
+        corrected_all = torch.cat(corrected)
+        if bool(corrected_all.any()):
+            where = is_multimodal.nonzero().squeeze(-1)
+            self._stop_pending = (where[corrected_all.to(where.device)], torch.cat(offsets)[corrected_all])
+        return super().embed_input_ids(input_ids, stripped, is_multimodal=is_multimodal)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        pending, self._stop_pending = self._stop_pending, None
+        if pending is not None:
+            where, offsets = pending
+            positions = positions.clone()
+            positions[:, where.to(positions.device)] += offsets.to(positions.device, positions.dtype).T
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+    def _stop_prune_video(
+        self,
+        options: ServeOptions | None,
+        features: torch.Tensor,
+        frames: int,
+        grid: tuple[int, int],
+        signals,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One video's (T*N, D) features -> (kept embeddings in placement order, their flat source indices or None
+        when unpruned)."""
+        if options is None or not options.active:
+            return features, None
+        started = time.perf_counter()
+        config = options.config
+        pruner = config.build_pruner()
+        x = PruneInput(
+            features=features.reshape(frames, grid[0] * grid[1], -1),
+            attention=signals.get("attention"),
+            keys=signals.get("keys"),
+            global_features=signals.get("global_features"),
+            grid=grid,
+            attention_patches=signals.get("attention_patches", grid[0] * grid[1]),
+        )
+        x.require(*pruner.needs, method=config.method)
+        result = pruner(x)
+        target = target_count(options, frames, grid)
+        changed = 0
+        if options.count_rule == "exact":
+            result, changed = fit_count(result, x, pruner, target)
+        if result.index.numel() != target:
+            raise RuntimeError(
+                f"stop-hf: {config.method} kept {result.index.numel()} tokens but the prompt has {target} placeholders"
+                f" for this video; set {RULE_KEY}='exact'"
+            )
+        order = placement_order(result, options.position_mode)
+        entry = report_entry(
+            options, frames * grid[0] * grid[1], target, changed, time.perf_counter() - started
+        )
+        logger.info("stop-hf pruned video: %s", json.dumps(entry))
+        self.stop_hf_reports.append({**entry, "index": result.index[order].tolist()})
+        return result.embeds[order].to(features.dtype), result.index[order]
+
+
+# ------------------------------------------------------------------ Qwen2.5-VL
+class _StopQwenMixin(_StopModelMixin):
+    """Qwen2-VL and Qwen2.5-VL: packed patches per temporal patch, 2x2 merge units, 3-D mRoPE."""
+
+    windowed = True  # Qwen2.5-VL's window attention (the tower permutes merge units into window order)
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._stop_setup(vllm_config)
+
+    def _stop_full_blocks(self) -> list[int]:
+        if self.windowed:
+            return [int(i) for i in self.visual.fullatt_block_indexes]
+        return list(range(len(self.visual.blocks)))
+
+    def _stop_window_index(self, grids) -> torch.Tensor:
+        if self.windowed:
+            return self.visual.prepare_encoder_metadata(grids)["window_index"]
+        merge = self.visual.spatial_merge_size
+        return torch.arange(sum(t * h * w for t, h, w in grids) // (merge * merge))
+
+    def _stop_local_keys(self, attn: Any, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """(s, b, qkv) output of the block's qkv projection -> this rank's pre-rotary keys (s, heads, dh)."""
+        if self.windowed:  # QKVParallelLinear: [q | k | v] of this rank's heads
+            return x.reshape(x.shape[0], 3, heads, -1)[:, 1]
+        return attn.split_qkv(x)[1][:, 0]  # Qwen2-VL's own split (gathers across ranks when sharded)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """vLLM's numbering, with a pruned video's placeholders all at the video's start (the encoder's offsets are
+        added in `forward`) and the text after it where it would follow the unpruned video."""
+        if self._stop_defaults is None:
+            return super().get_mrope_input_positions(input_tokens, mm_features)
+        return self._stop_positions(input_tokens, mm_features)
+
+    def _stop_positions(self, input_tokens, mm_features):
+        chunks: list[np.ndarray] = []
+        next_start, st = 0, 0
+        ordered = sorted(mm_features, key=lambda f: f.mm_position.offset)
+        for (offset, t, h, w, t_factor), feature in zip(self.iter_mm_grid_thw(mm_features), ordered):
+            text_len = offset - st
+            chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_start)
+            base = next_start + text_len
+            grid = np.indices((t, h, w))
+            if t_factor != 1.0:
+                grid[0] = (grid[0] * t_factor).astype(np.int64)
+            unpruned = grid.reshape(3, -1) + base
+            length = feature.mm_position.length
+            chunks.append(
+                unpruned if length == unpruned.shape[1] else np.full((3, length), base, dtype=np.int64)
+            )
+            next_start = int(unpruned.max()) + 1
+            st = offset + length
+        if st < len(input_tokens):
+            text_len = len(input_tokens) - st
+            chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_start)
+        positions = np.concatenate(chunks, axis=1).reshape(3, -1)
+        # decoding continues after the unpruned numbering (as vLLM's max + 1), also when a pruned video ends the prompt
+        following = max(int(positions.max()) + 1 if positions.size else 0, next_start)
+        delta = following - len(input_tokens)
+        return torch.from_numpy(np.ascontiguousarray(positions)), delta
+
+    def embed_multimodal(self, **kwargs: object):
+        if self._stop_defaults is None:
+            return super().embed_multimodal(**kwargs)
+        grids = kwargs.get("video_grid_thw")
+        videos = 0 if grids is None else len(grids)
+        options = _options_per_video(kwargs, videos)  # type: ignore[arg-type]
+        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
+        out: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in by_modality.items():
+            if modality in ("image", "images"):  # Qwen2-VL's keys are plural
+                out += tuple(append_positions(e, None) for e in self._process_image_input(inputs))
+            if modality in ("video", "videos"):
+                out += tuple(self._stop_videos(inputs, options))
+        return out
+
+    def _stop_videos(self, inputs: Any, options: list[ServeOptions | None]) -> list[torch.Tensor]:
+        grids = inputs["video_grid_thw"].tolist()
+        needs = set()
+        for opt in options:
+            if opt is not None and opt.active:
+                needs |= set(opt.config.build_pruner().needs)
+        layers = {opt.config.saliency_layer for opt in options if opt is not None and opt.active}
+        if len(layers) > 1:
+            raise ValueError(
+                f"stop-hf: videos of one batch ask for different saliency layers {sorted(layers)}"
+            )
+        captured: dict[str, torch.Tensor] = {}
+        block = self._stop_block(next(iter(layers), None))
+        handles = self._stop_hooks(needs, block, captured) if needs else []
+        try:
+            embeds = self._process_video_input(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        signals = self._stop_signals(grids, captured, needs)
+        seconds = inputs.get("second_per_grid_ts")
+        tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
+        merge = self.visual.spatial_merge_size
+        out = []
+        for v, ((t, h, w), features) in enumerate(zip(grids, embeds)):
+            grid = (h // merge, w // merge)
+            per_video = {k: s[v] for k, s in signals.items()}
+            per_video["attention_patches"] = self._stop_attention_patches(block, h, w)
+            kept, index = self._stop_prune_video(options[v], features, t, grid, per_video)
+            if index is None:
+                out.append(append_positions(kept, None))
+                continue
+            second = 1.0 if seconds is None else float(seconds[v])
+            offsets = relative_mrope(index, grid, second * tokens_per_second)
+            out.append(append_positions(kept, offsets))
+        return out
+
+    def _stop_block(self, layer: int | None) -> int:
+        full = self._stop_full_blocks()
+        depth = len(self.visual.blocks)
+        if layer is None:
+            return int(full[-1]) if full else depth - 1
+        if not -depth <= layer < depth:
+            raise ValueError(
+                f"stop_config.saliency_layer={layer} must be in [-{depth}, {depth - 1}] (vision blocks)"
+            )
+        return layer % depth
+
+    def _stop_attention_patches(self, block: int, h: int, w: int) -> int:
+        if block in set(self._stop_full_blocks()):
+            return h * w
+        window = (self.visual.window_size // self.visual.patch_size) ** 2
+        return min(h * w, window)
+
+    def _stop_hooks(self, needs: set[str], block: int, captured: dict[str, torch.Tensor]) -> list[Any]:
+        attn = self.visual.blocks[block].attn
+        tp = 1 if self.use_data_parallel else get_tensor_model_parallel_world_size()
+        heads = attn.num_attention_heads_per_partition
+        handles = []
+
+        if "keys" in needs:
+
+            def keys_hook(module, args, output):
+                x = output[0] if isinstance(output, tuple) else output  # (s, b, 3 * heads * dh)
+                local = self._stop_local_keys(attn, x, heads)  # (s, heads, dh)
+                keys = head_mean_keys(local.transpose(0, 1)[None])[0]  # (s, dh)
+                captured["keys"] = _all_reduce_heads(keys, heads, tp)
+
+            handles.append(attn.qkv.register_forward_hook(keys_hook))
+        if "attention" in needs:
+
+            def attention_hook(module, args, kwargs):
+                query, key = kwargs["query"], kwargs["key"]  # (b, s, heads, dh), rotated
+                cu_seqlens = kwargs["cu_seqlens"]
+                received = segment_attention_received(query[0], key[0], cu_seqlens.cpu(), module.scale)
+                captured["attention"] = _all_reduce_heads(received, heads, tp)
+
+            handles.append(attn.attn.register_forward_pre_hook(attention_hook, with_kwargs=True))
+        if "global_features" in needs:
+
+            def merger_hook(module, args):
+                captured["hidden"] = args[0].reshape(args[0].shape[0], -1).detach().float()
+
+            handles.append(self.visual.merger.register_forward_pre_hook(merger_hook))
+        return handles
+
+    def _stop_signals(self, grids, captured, needs) -> dict[str, list[torch.Tensor]]:
+        if not captured:
+            return {}
+        merge = self.visual.spatial_merge_size
+        unit = merge * merge
+        window_index = self._stop_window_index(grids)
+        out: dict[str, list[torch.Tensor]] = {}
+        for name, key in (("attention", "attention"), ("keys", "keys"), ("global_features", "hidden")):
+            if key not in captured:
+                continue
+            values = unpermute_merge_units(captured[key].float(), window_index, unit)
+            rows, offset = [], 0
+            for t, h, w in grids:
+                n = (h // merge) * (w // merge)
+                span = values[offset : offset + t * n].reshape(t, n, *values.shape[1:])
+                offset += t * n
+                rows.append(span.mean(dim=1) if name == "global_features" else span)
+            out[name] = rows
+        return out
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
+)
+class StopQwen2_5_VLForConditionalGeneration(_StopQwenMixin, Qwen2_5_VLForConditionalGeneration):
+    windowed = True
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen2VLProcessor, info=Qwen2VLProcessingInfo, dummy_inputs=Qwen2VLDummyInputsBuilder
+)
+class StopQwen2VLForConditionalGeneration(_StopQwenMixin, Qwen2VLForConditionalGeneration):
+    windowed = False  # every block attends over a whole temporal patch
+
+
+# ------------------------------------------------------------------ LLaVA-OneVision
+@MULTIMODAL_REGISTRY.register_processor(
+    StopLlavaOnevisionProcessor,
+    info=LlavaOnevisionProcessingInfo,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
+)
+class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevisionForConditionalGeneration):
+    uses_position_channels = (
+        False  # 1-D positions: vLLM numbers the pruned prompt sequentially (HF's compact)
+    )
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._stop_setup(vllm_config)
+
+    def embed_multimodal(self, **kwargs: object):
+        if self._stop_defaults is None:
+            return super().embed_multimodal(**kwargs)
+        pixels = kwargs.get("pixel_values_videos")
+        videos = 0 if pixels is None else len(pixels)
+        options = _options_per_video(kwargs, videos)  # type: ignore[arg-type]
+        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
+        out: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in by_modality.items():
+            if modality == "image":
+                out += tuple(self._process_image_input(inputs))
+            if modality == "video":
+                out += tuple(self._stop_videos(inputs, options))
+        return out
+
+    def _stop_layers(self):
+        return self.vision_tower.vision_model.encoder.layers
+
+    def _stop_videos(self, inputs: Any, options: list[ServeOptions | None]) -> list[torch.Tensor]:
+        pixels = inputs["pixel_values_videos"]
+        frames = [len(v) for v in pixels] if isinstance(pixels, list) else [pixels.shape[1]] * pixels.shape[0]
+        needs: set[str] = set()
+        for opt in options:
+            if opt is not None and opt.active:
+                needs |= set(opt.config.build_pruner().needs)
+                if (
+                    "global_features" in opt.config.build_pruner().needs
+                    and opt.config.global_feature != "mean"
+                ):
+                    raise ValueError(
+                        "stop_config.global_feature: FastVID's SigLIP MAP-head signal is not served by the vLLM "
+                        "plugin on LLaVA-OneVision; allowed here: mean"
+                    )
+                if opt.config.saliency_source != "encoder":
+                    raise ValueError(
+                        "stop_config.saliency_source: only 'encoder' is served by the vLLM plugin"
+                    )
+        layers = self._stop_layers()
+        configured = {opt.config.saliency_layer for opt in options if opt is not None and opt.active}
+        if len(configured) > 1:
+            raise ValueError(
+                f"stop-hf: videos of one batch ask for different saliency layers {sorted(configured)}"
+            )
+        layer = next(iter(configured), None)
+        index = len(layers) - 1 if layer is None else layer % len(layers)
+        captured: dict[str, torch.Tensor] = {}
+        handles = self._stop_hooks(layers[index].self_attn, needs, captured) if needs else []
+        try:
+            embeds = self._process_video_pixels(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        pooled = -(-side // 2)
+        grid = (pooled, pooled)
+        signals: dict[str, torch.Tensor] = {}
+        if "attention" in captured:
+            signals["attention"] = self.apply_pooling(captured["attention"][..., None])[..., 0]
+        if "keys" in captured:
+            signals["keys"] = self.apply_pooling(captured["keys"])
+        if "hidden" in captured:
+            signals["global_features"] = captured["hidden"].mean(dim=1)
+        out, start = [], 0
+        embeds = list(embeds)
+        for v, count in enumerate(frames):
+            video = embeds[v].reshape(-1, embeds[v].shape[-1])
+            grid_tokens, newline = video[:-1], video[-1:]
+            per_video = {k: s[start : start + count] for k, s in signals.items()}
+            per_video["attention_patches"] = side * side
+            start += count
+            kept, _ = self._stop_prune_video(options[v], grid_tokens, count, grid, per_video)
+            out.append(torch.cat([kept, newline]))
+        return out
+
+    def _stop_hooks(self, self_attn: Any, needs: set[str], captured: dict[str, torch.Tensor]) -> list[Any]:
+        tp = get_tensor_model_parallel_world_size()
+        inner = self_attn.attn
+        heads = inner.num_heads
+        handles = []
+        if needs & {"attention", "keys"}:
+
+            def attention_hook(module, args, kwargs):
+                query = kwargs.get("query", args[0] if args else None)
+                key = kwargs.get("key", args[1] if len(args) > 1 else None)
+                b, s = query.shape[:2]
+                q = query.reshape(b, s, heads, -1).transpose(1, 2)
+                k = key.reshape(b, s, heads, -1).transpose(1, 2)
+                if "attention" in needs:
+                    received = attention_received(q, k, module.scale)
+                    captured["attention"] = _all_reduce_heads(received, heads, tp)
+                if "keys" in needs:
+                    captured["keys"] = _all_reduce_heads(head_mean_keys(k), heads, tp)
+
+            handles.append(inner.register_forward_pre_hook(attention_hook, with_kwargs=True))
+        if "global_features" in needs:
+
+            def projector_hook(module, args):
+                captured["hidden"] = args[0].detach().float()
+
+            handles.append(self.multi_modal_projector.register_forward_pre_hook(projector_hook))
+        return handles
+
+
+assert set(SERVED_ARCHITECTURES) == {
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration",
+}
