@@ -29,6 +29,31 @@ class StopConfigError(ValueError):
     """A bad stop_config: names the field, the value and what is allowed."""
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"key {key!r} is set twice (again on line {line})")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key repeated in one mapping (PyYAML lets the last one silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load` that raises on a duplicated mapping key."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _check(name: str, value: Any, spec: ParamSpec, context: str = "") -> None:
     if not spec.accepts(value):
         raise StopConfigError(f"stop_config.{name}={value!r} must be {spec.describe()}{context}")
@@ -247,7 +272,11 @@ class StopConfig:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise StopConfigError(f"{where} cannot be read: {reason}") from None
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
+        except _DuplicateKeyError as exc:
+            raise StopConfigError(
+                f"{where}: {exc}; a setting may appear once per mapping (otherwise the last one would silently win)"
+            ) from None
         except yaml.YAMLError as exc:
             raise StopConfigError(f"{where} is malformed: {exc}") from None
         if data is None:
