@@ -10,6 +10,7 @@ import torch
 
 from stop_hf import compat
 from stop_hf.hooks import VideoRecord, wrap_method
+from stop_hf.validation import check_finite_pixels, check_finite_videos
 
 
 @dataclass
@@ -103,6 +104,8 @@ class ArchAdapter:
 
         def make_wrapper(original):
             def get_video_features(pixel_values_videos, *args, **kwargs):
+                # pixels checked here too: generate encodes videos outside the base model's forward pre-hook
+                check_finite_pixels("pixel_values_videos", pixel_values_videos)
                 inputs = self.check_video_inputs(plan, pixel_values_videos, args, kwargs)
                 buffer = self.signal_buffer()
                 token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
@@ -112,6 +115,9 @@ class ArchAdapter:
                     state.stop_capture(token)
                 started = time.perf_counter()
                 records = self.video_records(plan, output, inputs, buffer)
+                check_finite_videos(
+                    pixel_values_videos, records
+                )  # before a non-finite token is matched or ranked
                 seconds = buffer.seconds + time.perf_counter() - started
                 for record in records:
                     record.signal_seconds = seconds / len(records)

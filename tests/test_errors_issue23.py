@@ -63,3 +63,94 @@ def test_an_unknown_bare_name_is_a_preset_error_even_when_a_file_has_that_name(t
     with pytest.raises(StopConfigError, match=r"preset 'nothing_here' is unknown; available presets"):
         StopConfig.from_any("nothing_here")
     assert StopConfig.from_any("./myconfig").method == "uniform"
+
+
+# ---------------------------------------------------------------------------------------------------- case 1
+LLAVA_PROMPT = "<|im_start|>user\n<video>what happens in the video ?<|im_end|>\n<|im_start|>assistant\n"
+QWEN_PROMPT = (
+    "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what happens in the video ?<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def tiny_model(arch: str):
+    import transformers
+    from stop_hf.patches import SUPPORTED_MODEL_TYPES
+
+    from stop_hf.testing import tiny_checkpoint
+
+    return getattr(transformers, SUPPORTED_MODEL_TYPES[arch]).from_pretrained(tiny_checkpoint(arch)).eval()
+
+
+def tiny_inputs(arch: str, frames: int = 4, static: bool = False) -> dict:
+    import torch
+    from stop_hf.patches import architecture
+
+    from stop_hf.runner import qwen_video_element
+    from stop_hf.testing import build_processor, synthetic_frames
+
+    processor = build_processor(arch)
+    clip = synthetic_frames(frames, 112, 168)
+    if static:
+        clip = clip[:1].repeat(frames, 0)
+    if arch == "llava_onevision":
+        video = torch.from_numpy(clip).permute(0, 3, 1, 2)
+        return dict(processor(text=[LLAVA_PROMPT], videos=[video], return_tensors="pt"))
+    element = qwen_video_element(clip, frames)
+    return dict(architecture(arch).processor_inputs(processor, [QWEN_PROMPT], [element], return_tensors="pt"))
+
+
+@pytest.fixture(scope="module", params=["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def patched_tiny(request):
+    import stop_hf
+
+    return (
+        request.param,
+        stop_hf.patch(tiny_model(request.param), "holitom_stop_r10"),
+        tiny_inputs(request.param),
+    )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_pixels_through_generate_are_named(patched_tiny, value):
+    import torch
+
+    from stop_hf import StopInputError
+
+    _, model, inputs = patched_tiny
+    bad = dict(inputs, pixel_values_videos=inputs["pixel_values_videos"].clone().contiguous())
+    bad["pixel_values_videos"].view(-1)[7] = value
+    with torch.no_grad(), pytest.raises(StopInputError, match=r"pixel_values_videos holds non-finite values"):
+        model.generate(**bad, max_new_tokens=2, do_sample=False)
+    with torch.no_grad():  # the next good call works
+        assert (
+            model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1]
+            == inputs["input_ids"].shape[1] + 2
+        )
+
+
+@pytest.mark.parametrize("call", ["forward", "generate"])
+def test_pixels_that_overflow_in_the_vision_tower_are_named_or_work(patched_tiny, call):
+    """x1e30 pixels are finite but overflow in SigLIP (LLaVA-OV) and Qwen3-VL's tower: a StopInputError naming the
+    vision tower, never the placeholder-count error nor silently NaN logits."""
+    import torch
+
+    from stop_hf import StopInputError
+
+    arch, model, inputs = patched_tiny
+    bad = dict(inputs, pixel_values_videos=inputs["pixel_values_videos"] * 1e30)
+    try:
+        with torch.no_grad():
+            if call == "forward":
+                logits = model(**bad).logits
+                assert torch.isfinite(logits[..., -1, :]).all()
+            else:
+                scores = model.generate(
+                    **bad, max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True
+                ).scores
+                assert torch.isfinite(scores[0]).all()
+    except StopInputError as exc:
+        assert "vision tower's features of video 0 hold non-finite values" in str(exc)
+        assert "overflow inside the vision encoder" in str(exc)
+    else:
+        assert arch == "qwen2_5_vl"  # its tower normalises the x1e30 input back to finite features
