@@ -154,3 +154,33 @@ def test_pixels_that_overflow_in_the_vision_tower_are_named_or_work(patched_tiny
         assert "overflow inside the vision encoder" in str(exc)
     else:
         assert arch == "qwen2_5_vl"  # its tower normalises the x1e30 input back to finite features
+
+
+# ---------------------------------------------------------------------------------------------------- case 10
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("damage", ["zeros", "partial", "shape"])
+def test_qwen_mm_token_type_ids_that_do_not_mark_the_video_are_refused(arch, damage):
+    import torch
+
+    import stop_hf
+    from stop_hf import StopInputError
+
+    model = stop_hf.patch(tiny_model(arch), "holitom_stop_r10")
+    inputs = tiny_inputs(arch)
+    types = inputs["mm_token_type_ids"]
+    assert int((types == 2).sum()) > 0
+    if damage == "zeros":
+        bad = torch.zeros_like(types)
+        match = r"mm_token_type_ids marks no video token .*all zero"
+    elif damage == "partial":
+        bad = types.clone()
+        bad[bad == 2] = torch.tensor([0] + [2] * (int((types == 2).sum()) - 1), dtype=bad.dtype)
+        match = r"mm_token_type_ids marks \d+ video tokens but input_ids hold \d+ video placeholders"
+    else:
+        bad = types[:, 1:]
+        match = r"mm_token_type_ids has shape .* input_ids"
+    if damage == "zeros":  # (a wrong shape or count fails loudly in generate's own position preparation)
+        with torch.no_grad(), pytest.raises(StopInputError, match=match):
+            model.generate(**dict(inputs, mm_token_type_ids=bad), max_new_tokens=2, do_sample=False)
+    with torch.no_grad(), pytest.raises(StopInputError, match=match):
+        model(**dict(inputs, mm_token_type_ids=bad))
