@@ -130,6 +130,10 @@ class ArchAdapter:
         handles = [wrap_method(self.base_model(model), compat.VIDEO_FEATURES_METHOD, make_wrapper)]
         return handles + self.install_signal_hooks(model, state, plan)
 
+    def check_config_for_architecture(self, config: Any) -> None:
+        """Raises `StopUnsupportedError` for a (valid) config this architecture cannot run, from the config alone:
+        `stop_hf.loading` calls it before any weight is read. Default: every config is fine."""
+
     def capture_plan(self, model: Any, state: Any) -> Any:
         """What the capture of this patched model fixes at patch time (signals needed, layer index, heads), handed
         to the methods below. Raise here for a config the model cannot serve: nothing is installed yet."""

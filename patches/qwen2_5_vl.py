@@ -172,6 +172,9 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             return int(full[-1]) if full else depth - 1
         return self.check_layer_index(configured, depth, "blocks")
 
+    def check_config_for_architecture(self, config: Any) -> None:
+        refuse_map_head(config, frozenset(config.build_pruner().needs), self.display_name)
+
     def capture_plan(self, model: Any, state: StopState) -> QwenCapturePlan:
         needs = frozenset(state.needs)
         # no SigLIP MAP head: FastVID uses the frame mean here (see docs/qwen2_5_vl.md)

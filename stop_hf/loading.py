@@ -29,6 +29,7 @@ def patch(model: Any, stop_config: ConfigLike | None) -> Any:
     # A private copy: later edits to the caller's StopConfig must not desynchronise the built pruner and hooks.
     config = StopConfig.from_dict(StopConfig.from_any(stop_config).to_dict())
     adapter = adapter_for(model)
+    check_architecture(adapter, config, stop_config)
     if config.prune_images:
         raise NotImplementedError(
             "stop_config.prune_images=true is not supported yet; images pass through unpruned (set it to false)"
@@ -43,6 +44,43 @@ def patch(model: Any, stop_config: ConfigLike | None) -> Any:
         snapshot.restore()
         raise
     return model
+
+
+def _config_label(value: Any, origin: str = "") -> str:
+    """How an error names the config the user gave: `preset 'x'`, `YAML file 'x'` or `stop_config`."""
+    from .config import is_config_path
+
+    if isinstance(value, str):
+        label = f"YAML file {value!r}" if is_config_path(value) else f"preset {value!r}"
+    elif isinstance(value, os.PathLike):
+        label = f"YAML file {os.fspath(value)!r}"
+    else:
+        label = "stop_config"
+    return f"{label} ({origin})" if origin and "argument" not in origin else label
+
+
+def check_architecture(adapter: Any, config: StopConfig, value: Any, origin: str = "") -> None:
+    """The architecture's config-only checks (e.g. no SigLIP MAP head on Qwen-VL), run before any weight is read;
+    the error names the preset or file the config came from."""
+    from .hooks import StopUnsupportedError
+
+    check = getattr(adapter, "check_config_for_architecture", None)
+    if check is None or config.is_identity:
+        return
+    try:
+        check(config)
+    except StopUnsupportedError as exc:
+        raise StopUnsupportedError(f"{_config_label(value, origin)}: {exc}") from None
+
+
+def _adapter_for_class(cls: type) -> Any:
+    from stop_hf.patches import ARCHITECTURES
+
+    by_class = {adapter.model_class: adapter for adapter in ARCHITECTURES.values()}
+    for klass in cls.__mro__:
+        if klass.__name__ in by_class:
+            return by_class[klass.__name__]()
+    return None
 
 
 def _install(model: Any, adapter: Any, config: StopConfig) -> None:
@@ -270,6 +308,8 @@ def _kwarg_from_pretrained(owner: type) -> classmethod:
         pretrained = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         requested, origin = _requested_config(pretrained, stop_config, kwargs)
         config = _resolve_requested(requested, origin)  # a bad config fails here, before the weights load
+        if config is not None:  # so does a config this architecture cannot run
+            check_architecture(_adapter_for_class(cls), config, requested, origin)
         model = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
         if config is not None:
             patch(model, config)

@@ -184,3 +184,68 @@ def test_qwen_mm_token_type_ids_that_do_not_mark_the_video_are_refused(arch, dam
             model.generate(**dict(inputs, mm_token_type_ids=bad), max_new_tokens=2, do_sample=False)
     with torch.no_grad(), pytest.raises(StopInputError, match=match):
         model(**dict(inputs, mm_token_type_ids=bad))
+
+
+# ---------------------------------------------------------------------------------------------------- case 3
+QWEN_ARCHS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+FASTVID_PAPER = ["fastvid_baseline_r10", "fastvid_stop_r10", "fastvid_baseline_r25", "fastvid_stop_r25"]
+
+
+@pytest.fixture(scope="module")
+def corrupt_qwen_checkpoints(tmp_path_factory):
+    """Per Qwen architecture, the tiny checkpoint with weights that cannot be read."""
+    import shutil
+
+    from stop_hf.testing import tiny_checkpoint
+
+    out = {}
+    for arch in QWEN_ARCHS:
+        folder = tmp_path_factory.mktemp(f"corrupt_{arch}")
+        for file in tiny_checkpoint(arch).iterdir():
+            if file.is_file():
+                shutil.copy(file, folder / file.name)
+        for weights in folder.glob("*.safetensors"):
+            weights.write_bytes(b"not a safetensors file")
+        out[arch] = folder
+    return out
+
+
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
+def test_fastvid_paper_presets_run_on_qwen_with_the_frame_mean(arch):
+    import torch
+    from stop_hf.patches import SUPPORTED_MODEL_TYPES
+
+    import stop_hf
+    from stop_hf.testing import tiny_checkpoint
+
+    inputs = tiny_inputs(arch)
+    for preset in FASTVID_PAPER:
+        assert StopConfig.from_preset(preset).global_feature == "auto"  # the architecture's reference signal
+    model = stop_hf.from_pretrained(tiny_checkpoint(arch), stop_config="fastvid_stop_r10").eval()
+    assert type(model).__name__ == SUPPORTED_MODEL_TYPES[arch]
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    report = stop_hf.last_prune_report(model)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+    assert report and report[0]["tokens_after"] < report[0]["tokens_before"]
+
+
+@pytest.mark.parametrize("arch", QWEN_ARCHS)
+@pytest.mark.parametrize("preset", ["fastvid_original_r10", "fastvid_original_r25"])
+def test_fastvid_original_presets_on_qwen_fail_before_any_weight_is_read(
+    arch, preset, corrupt_qwen_checkpoints
+):
+    import stop_hf
+    from stop_hf import StopUnsupportedError
+
+    display = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}[arch]
+    match = (
+        rf"preset '{preset}': stop_config.global_feature='map_head' and saliency_source='map_head' are not "
+    )
+    match += rf"available on {display}"
+    with pytest.raises(
+        StopUnsupportedError, match=match
+    ):  # the weights are unreadable: this fails before them
+        stop_hf.from_pretrained(corrupt_qwen_checkpoints[arch], stop_config=preset)
+    with pytest.raises(StopUnsupportedError, match=match):
+        stop_hf.patch(tiny_model(arch), preset)
