@@ -249,3 +249,47 @@ def test_fastvid_original_presets_on_qwen_fail_before_any_weight_is_read(
         stop_hf.from_pretrained(corrupt_qwen_checkpoints[arch], stop_config=preset)
     with pytest.raises(StopUnsupportedError, match=match):
         stop_hf.patch(tiny_model(arch), preset)
+
+
+# ---------------------------------------------------------------------------------------------------- case 8
+RUN = [
+    "run",
+    "--synthetic-video",
+    "--question",
+    "what?",
+    "--frames",
+    "4",
+    "--max-new-tokens",
+    "1",
+    "--no-progress",
+]
+
+
+def test_run_fastvid_offline_without_the_siglip_head_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from stop_hf.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # no head cached
+    assert main([*RUN, "--config", "fastvid_stop_r10"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "stop-hf" in line or "Traceback" in line]
+    assert len(err) == 1 and err[0].startswith("stop-hf run: error: stop_config.siglip_head=")  # no traceback
+    assert "offline" in err[0] and "global_feature='mean'" in err[0]
+
+
+@pytest.mark.parametrize("target", ["folder", "missing_parent"])
+def test_run_json_path_is_checked_before_the_run(tmp_path, monkeypatch, capsys, target):
+    import stop_hf.cli.run as run_module
+    from stop_hf.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --json was checked")
+
+    monkeypatch.setattr(run_module, "load_model", never)
+    path = tmp_path if target == "folder" else tmp_path / "nope" / "out.json"
+    assert main([*RUN, "--config", "uniform_r25", "--json", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    expected = "is a folder; pass a file path" if target == "folder" else "does not exist"
+    assert err[0].startswith("stop-hf run: error: --json") and expected in err[0]
