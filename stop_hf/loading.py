@@ -8,7 +8,15 @@ from typing import Any
 
 from . import compat
 from .config import StopConfig, StopConfigError, means_no_pruning
-from .hooks import StopState, lm_post_hook, lm_pre_hook, outer_pre_hook, top_post_hook, top_pre_hook
+from .hooks import (
+    MethodHandle,
+    StopState,
+    lm_post_hook,
+    lm_pre_hook,
+    outer_pre_hook,
+    top_post_hook,
+    top_pre_hook,
+)
 from .validation import pixel_check_pre_hook
 
 ConfigLike = StopConfig | dict | str | os.PathLike
@@ -109,6 +117,8 @@ def _install(model: Any, adapter: Any, config: StopConfig) -> None:
     # encode videos with the original's vision tower and write into the original's state. An instance attribute
     # makes deepcopy copy the unpatched model and patch the copy with the same config instead.
     model.__dict__["__deepcopy__"] = functools.partial(_deepcopy_patched, model)
+    # pickle (torch.save) cannot serialise the hook closures: it pickles an unpatched view and re-patches on load
+    model.__dict__["__reduce_ex__"] = functools.partial(_reduce_patched, model)
     model.config.stop_config = config.to_dict()
 
 
@@ -178,6 +188,44 @@ def _deepcopy_patched(model: Any, memo: dict) -> Any:
     return patch(clone, config)
 
 
+def _reduce_patched(model: Any, protocol: int) -> tuple:
+    """`pickle` / `torch.save` of a patched model: what is pickled is an unpatched view of it (every module shallow-
+    copied without the hooks, method wrappers and attributes `patch` added; parameters shared, not copied), and
+    unpickling patches that with the same config (`_unpickle_patched`). The model itself is not touched."""
+    state: StopState = model._stop_state
+    hook_ids = {handle.id for handle in state.handles if hasattr(handle, "id")}
+    wrapped: dict[int, set[str]] = {}
+    for handle in state.handles:
+        if isinstance(handle, MethodHandle):
+            wrapped.setdefault(id(handle.obj), set()).add(handle.name)
+    added = {"_stop_state", "__deepcopy__", "__reduce_ex__"}
+    views: dict[int, Any] = {}
+
+    def view(module: Any) -> Any:
+        if id(module) in views:  # a module reachable twice (shared) stays one object
+            return views[id(module)]
+        clone = object.__new__(type(module))
+        views[id(module)] = clone
+        attributes = {}
+        for name, value in module.__dict__.items():
+            if name in added or name in wrapped.get(id(module), ()):
+                continue
+            if "hooks" in name and isinstance(value, dict):
+                value = type(value)((k, v) for k, v in value.items() if k not in hook_ids)
+            attributes[name] = value
+        attributes["_modules"] = {
+            k: None if m is None else view(m) for k, m in module.__dict__.get("_modules", {}).items()
+        }
+        clone.__dict__.update(attributes)
+        return clone
+
+    return (_unpickle_patched, (view(model), state.config.to_dict()))
+
+
+def _unpickle_patched(model: Any, config: dict[str, Any]) -> Any:
+    return patch(model, StopConfig.from_dict(config))
+
+
 def unpatch(model: Any) -> Any:
     """Removes every hook `patch` installed and the stored config; the model behaves exactly as before."""
     state: StopState | None = getattr(model, "_stop_state", None)
@@ -187,6 +235,7 @@ def unpatch(model: Any) -> Any:
         handle.remove()
     del model._stop_state
     model.__dict__.pop("__deepcopy__", None)
+    model.__dict__.pop("__reduce_ex__", None)
     if hasattr(model.config, "stop_config"):
         del model.config.stop_config
     return model

@@ -158,7 +158,7 @@ def test_pixels_that_overflow_in_the_vision_tower_are_named_or_work(patched_tiny
 
 # ---------------------------------------------------------------------------------------------------- case 10
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-@pytest.mark.parametrize("damage", ["zeros", "partial", "shape"])
+@pytest.mark.parametrize("damage", ["zeros", "partial"])
 def test_qwen_mm_token_type_ids_that_do_not_mark_the_video_are_refused(arch, damage):
     import torch
 
@@ -176,10 +176,7 @@ def test_qwen_mm_token_type_ids_that_do_not_mark_the_video_are_refused(arch, dam
         bad = types.clone()
         bad[bad == 2] = torch.tensor([0] + [2] * (int((types == 2).sum()) - 1), dtype=bad.dtype)
         match = r"mm_token_type_ids marks \d+ video tokens but input_ids hold \d+ video placeholders"
-    else:
-        bad = types[:, 1:]
-        match = r"mm_token_type_ids has shape .* input_ids"
-    if damage == "zeros":  # (a wrong shape or count fails loudly in generate's own position preparation)
+    if damage == "zeros":  # (marks off the placeholders fail loudly in generate's own position preparation)
         with torch.no_grad(), pytest.raises(StopInputError, match=match):
             model.generate(**dict(inputs, mm_token_type_ids=bad), max_new_tokens=2, do_sample=False)
     with torch.no_grad(), pytest.raises(StopInputError, match=match):
@@ -293,3 +290,45 @@ def test_run_json_path_is_checked_before_the_run(tmp_path, monkeypatch, capsys, 
     assert len(err) == 1
     expected = "is a folder; pass a file path" if target == "folder" else "does not exist"
     assert err[0].startswith("stop-hf run: error: --json") and expected in err[0]
+
+
+# ---------------------------------------------------------------------------------------------------- case 9
+@pytest.mark.parametrize("arch", ["llava_onevision", "qwen2_5_vl"])
+def test_a_patched_model_pickles_and_stays_patched(arch):
+    import io
+    import pickle
+
+    import torch
+
+    import stop_hf
+
+    model = stop_hf.patch(tiny_model(arch), "holitom_stop_r10")
+    inputs = tiny_inputs(arch)
+    # pickled before the first forward: after one, transformers 5.24's own output-capturing hook (a local
+    # function) makes any model unpicklable, patched or not
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    pickled = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    kept = stop_hf.last_prune_report(model)[0]["index"]
+    for clone in (loaded, pickled):
+        assert clone is not model and stop_hf.is_patched(clone)
+        assert stop_hf.get_stop_config(clone) == stop_hf.get_stop_config(model)
+        assert clone.config.stop_config == model.config.stop_config
+        with torch.no_grad():
+            got = clone(**inputs).logits
+        assert torch.equal(torch.isnan(got), torch.isnan(expected))  # the same positions pruned
+        torch.testing.assert_close(got.nan_to_num(), expected.nan_to_num(), rtol=0, atol=0)
+        assert torch.equal(stop_hf.last_prune_report(clone)[0]["index"], kept)
+        assert clone._stop_state is not model._stop_state  # its own hooks and state
+    # the original is still patched, with its own state, and prunes as before
+    assert stop_hf.is_patched(model)
+    with torch.no_grad():
+        again = model(**inputs).logits
+    torch.testing.assert_close(again.nan_to_num(), expected.nan_to_num(), rtol=0, atol=0)
+    # unpatching the copy leaves the original patched
+    stop_hf.unpatch(loaded)
+    assert stop_hf.is_patched(model) and not stop_hf.is_patched(loaded)
