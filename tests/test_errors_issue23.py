@@ -332,3 +332,27 @@ def test_a_patched_model_pickles_and_stays_patched(arch):
     # unpatching the copy leaves the original patched
     stop_hf.unpatch(loaded)
     assert stop_hf.is_patched(model) and not stop_hf.is_patched(loaded)
+
+
+# ---------------------------------------------------------------------------------------------------- case 11
+@pytest.mark.parametrize("method", ["holitom", "prunevid"])
+def test_retention_is_a_ceiling_and_a_static_clip_keeps_fewer(method):
+    import math
+
+    import torch
+
+    import stop_hf
+
+    model = stop_hf.patch(tiny_model("llava_onevision"), {"method": method, "retention": 0.5})
+    kept = {}
+    for static in (False, True):
+        with torch.no_grad():
+            model(**tiny_inputs("llava_onevision", frames=8, static=static))
+        entry = stop_hf.last_prune_report(model)[0]
+        grid = entry["frames"] * entry["grid"][0] * entry["grid"][1]
+        trailing = entry["tokens_before"] - grid
+        budget = math.ceil(0.5 * grid) + entry["frames"] + trailing  # (rounded up per frame at most)
+        assert entry["tokens_after"] <= budget  # a ceiling
+        kept[static] = entry["tokens_after"]
+    assert kept[True] < kept[False]  # static tokens merge over time: the static clip keeps fewer
+    assert kept[True] < 0.5 * kept[False]
