@@ -10,6 +10,7 @@ import torch
 
 from stop_hf import compat
 from stop_hf.hooks import VideoRecord, wrap_method
+from stop_hf.validation import check_finite_pixels, check_finite_videos
 
 
 @dataclass
@@ -127,6 +128,8 @@ class ArchAdapter:
                     pixels, args = args[0], args[1:]
                 else:
                     pixels = kwargs.pop(self.video_pixels_arg)
+                # pixels checked here too: generate encodes videos outside the base model's forward pre-hook
+                check_finite_pixels(self.video_pixels_arg, pixels)
                 inputs = self.check_video_inputs(plan, pixels, args, kwargs)
                 buffer = self.signal_buffer()
                 token = state.start_capture(buffer)  # this call's buffer: concurrent calls never share one
@@ -136,6 +139,9 @@ class ArchAdapter:
                     state.stop_capture(token)
                 started = time.perf_counter()
                 records = self.video_records(plan, output, inputs, buffer)
+                check_finite_videos(
+                    pixel_values_videos, records
+                )  # before a non-finite token is matched or ranked
                 seconds = buffer.seconds + time.perf_counter() - started
                 for record in records:
                     record.signal_seconds = seconds / len(records)
@@ -147,6 +153,10 @@ class ArchAdapter:
         # wrap_method keeps functools.wraps: generate still reads the real signature
         handles = [wrap_method(self.base_model(model), self.video_features_method, make_wrapper)]
         return handles + self.install_signal_hooks(model, state, plan)
+
+    def check_config_for_architecture(self, config: Any) -> None:
+        """Raises `StopUnsupportedError` for a (valid) config this architecture cannot run, from the config alone:
+        `stop_hf.loading` calls it before any weight is read. Default: every config is fine."""
 
     def capture_plan(self, model: Any, state: Any) -> Any:
         """What the capture of this patched model fixes at patch time (signals needed, layer index, heads), handed

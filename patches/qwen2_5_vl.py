@@ -31,6 +31,7 @@ from stop_hf import compat
 from stop_hf.hooks import StopState, StopUnsupportedError, VideoRecord
 from stop_hf.siglip_head import refuse_map_head
 from stop_hf.signals import head_mean_keys, segment_attention_received, signal_dtype, unpermute_merge_units
+from stop_hf.validation import StopInputError
 
 from . import register_architecture
 from .base import ArchAdapter, SignalBuffer
@@ -170,6 +171,9 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             full = self.full_attention_blocks(vision.config)
             return int(full[-1]) if full else depth - 1
         return self.check_layer_index(configured, depth, "blocks")
+
+    def check_config_for_architecture(self, config: Any) -> None:
+        refuse_map_head(config, frozenset(config.build_pruner().needs), self.display_name)
 
     def capture_plan(self, model: Any, state: StopState) -> QwenCapturePlan:
         needs = frozenset(state.needs)
@@ -437,6 +441,7 @@ class Qwen2_5_VLAdapter(ArchAdapter):
                 f"stop_hf: {self.display_name} video inputs need mm_token_type_ids (the processor returns them); "
                 "without them transformers gives the video 1-D positions. Pass the processor's full output."
             )
+        check_mm_token_types(self.display_name, kwargs["mm_token_type_ids"], kwargs.get("input_ids"))
 
     def bench_inputs(
         self, model: Any, frames: int, image_size: int, device: str, dtype: Any
@@ -463,3 +468,32 @@ class Qwen2_5_VLAdapter(ArchAdapter):
             },
             "token_types": [2 if token == self.video_token_id(model) else 0 for token in span],
         }
+
+
+#: `mm_token_type_ids` value of a video token (0 text, 1 image), as the Qwen-VL processors and get_rope_index use it.
+VIDEO_TOKEN_TYPE = 2
+
+
+def check_mm_token_types(name: str, types: Any, input_ids: Any) -> None:
+    """Raises `StopInputError` when `mm_token_type_ids` of a video call does not mark the video: transformers then
+    silently gives the video 1-D positions (all zero) or wrong 3-D ones (marks off the placeholders)."""
+    if not isinstance(types, torch.Tensor):
+        return
+    marked = types == VIDEO_TOKEN_TYPE
+    if not bool(marked.any()):
+        raise StopInputError(
+            f"stop_hf: {name} mm_token_type_ids marks no video token (no entry is {VIDEO_TOKEN_TYPE}; "
+            f"{'all zero' if not bool(types.any()) else 'values ' + str(sorted(types.unique().tolist()))}) although "
+            "the call carries pixel_values_videos; transformers would silently give the video 1-D positions. Pass "
+            "the processor's mm_token_type_ids unchanged"
+        )
+    if isinstance(input_ids, torch.Tensor) and types.shape == input_ids.shape:
+        # (another shape: transformers' own placeholder-count check names it, patched as unpatched)
+        video_id = input_ids[marked][0]
+        placeholders = input_ids == video_id
+        if not torch.equal(placeholders, marked):
+            raise StopInputError(
+                f"stop_hf: {name} mm_token_type_ids marks {int(marked.sum())} video tokens but input_ids hold "
+                f"{int(placeholders.sum())} video placeholders (token {int(video_id)}), or at other positions; pass "
+                "the processor's mm_token_type_ids unchanged"
+            )

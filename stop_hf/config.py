@@ -29,6 +29,31 @@ class StopConfigError(ValueError):
     """A bad stop_config: names the field, the value and what is allowed."""
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"key {key!r} is set twice (again on line {line})")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key repeated in one mapping (PyYAML lets the last one silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load` that raises on a duplicated mapping key."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _check(name: str, value: Any, spec: ParamSpec, context: str = "") -> None:
     if not spec.accepts(value):
         raise StopConfigError(f"stop_config.{name}={value!r} must be {spec.describe()}{context}")
@@ -247,7 +272,11 @@ class StopConfig:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise StopConfigError(f"{where} cannot be read: {reason}") from None
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
+        except _DuplicateKeyError as exc:
+            raise StopConfigError(
+                f"{where}: {exc}; a setting may appear once per mapping (otherwise the last one would silently win)"
+            ) from None
         except yaml.YAMLError as exc:
             raise StopConfigError(f"{where} is malformed: {exc}") from None
         if data is None:
@@ -265,33 +294,56 @@ class StopConfig:
     def from_preset(cls, name: str) -> StopConfig:
         presets = list_presets()
         if name not in presets:
+            hint = ""
+            if Path(name).exists():
+                hint = f"; to use the local {'folder' if Path(name).is_dir() else 'file'} of that name, pass './{name}'"
             raise StopConfigError(
-                f"stop_config preset {name!r} is unknown; available presets: {sorted(presets)}"
+                f"stop_config preset {name!r} is unknown; available presets: {sorted(presets)} (a YAML path needs "
+                f"a path separator, '~' or a .yaml/.yml suffix){hint}"
+            )
+        if Path(name).exists() and name not in _SHADOW_WARNED:
+            _SHADOW_WARNED.add(name)
+            warnings.warn(
+                f"stop_config {name!r}: used the preset {name!r}, not the local "
+                f"{'folder' if Path(name).is_dir() else 'file'} of the same name; a bare name is always a preset. "
+                f"To read a local YAML file of that name, pass './{name}'",
+                UserWarning,
+                stacklevel=3,
             )
         return cls.from_yaml(presets[name])
 
     @classmethod
     def from_any(cls, value: StopConfig | dict | str | os.PathLike) -> StopConfig:
-        """Accepts a StopConfig, a dict, a YAML path (`~` expanded), a preset name, or "none" (method none)."""
+        """Accepts a StopConfig, a dict, a YAML path, a preset name, or "none" (method none).
+
+        A string is a YAML path when it holds a path separator, starts with `~` (expanded) or ends in .yaml/.yml;
+        otherwise it is a preset name, whatever the working directory holds (`./name` names a local file). A
+        `pathlib.Path` is always a path."""
         if isinstance(value, StopConfig):
             return value
         if isinstance(value, dict):
             return cls.from_dict(value)
-        if isinstance(value, (str, os.PathLike)):
-            text = str(value)
-            if isinstance(value, str) and means_no_pruning(text):
+        if isinstance(value, str):
+            if means_no_pruning(value):
                 return cls(method="none")
-            if (
-                text.endswith((".yaml", ".yml"))
-                or os.sep in text
-                or text.startswith("~")
-                or Path(text).exists()
-            ):
-                return cls.from_yaml(text)
-            return cls.from_preset(text)
+            if is_config_path(value):
+                return cls.from_yaml(value)
+            return cls.from_preset(value)
+        if isinstance(value, os.PathLike):
+            return cls.from_yaml(value)
         raise StopConfigError(
             f"stop_config={value!r} has type {type(value).__name__}; allowed: StopConfig, dict, YAML path, preset name"
         )
+
+
+#: bare names already warned about shadowing a preset (warned once per process).
+_SHADOW_WARNED: set[str] = set()
+
+
+def is_config_path(text: str) -> bool:
+    """True when `text` names a YAML file (separator, `~` or .yaml/.yml suffix); else it is a preset name."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    return text.endswith((".yaml", ".yml")) or text.startswith("~") or any(s in text for s in separators)
 
 
 def presets_dir() -> Path:

@@ -8,7 +8,15 @@ from typing import Any
 
 from . import compat
 from .config import StopConfig, StopConfigError, means_no_pruning
-from .hooks import StopState, lm_post_hook, lm_pre_hook, outer_pre_hook, top_post_hook, top_pre_hook
+from .hooks import (
+    MethodHandle,
+    StopState,
+    lm_post_hook,
+    lm_pre_hook,
+    outer_pre_hook,
+    top_post_hook,
+    top_pre_hook,
+)
 from .validation import pixel_check_pre_hook
 
 ConfigLike = StopConfig | dict | str | os.PathLike
@@ -29,6 +37,7 @@ def patch(model: Any, stop_config: ConfigLike | None) -> Any:
     # A private copy: later edits to the caller's StopConfig must not desynchronise the built pruner and hooks.
     config = StopConfig.from_dict(StopConfig.from_any(stop_config).to_dict())
     adapter = adapter_for(model)
+    check_architecture(adapter, config, stop_config)
     if config.prune_images:
         raise NotImplementedError(
             "stop_config.prune_images=true is not supported yet; images pass through unpruned (set it to false)"
@@ -43,6 +52,43 @@ def patch(model: Any, stop_config: ConfigLike | None) -> Any:
         snapshot.restore()
         raise
     return model
+
+
+def _config_label(value: Any, origin: str = "") -> str:
+    """How an error names the config the user gave: `preset 'x'`, `YAML file 'x'` or `stop_config`."""
+    from .config import is_config_path
+
+    if isinstance(value, str):
+        label = f"YAML file {value!r}" if is_config_path(value) else f"preset {value!r}"
+    elif isinstance(value, os.PathLike):
+        label = f"YAML file {os.fspath(value)!r}"
+    else:
+        label = "stop_config"
+    return f"{label} ({origin})" if origin and "argument" not in origin else label
+
+
+def check_architecture(adapter: Any, config: StopConfig, value: Any, origin: str = "") -> None:
+    """The architecture's config-only checks (e.g. no SigLIP MAP head on Qwen-VL), run before any weight is read;
+    the error names the preset or file the config came from."""
+    from .hooks import StopUnsupportedError
+
+    check = getattr(adapter, "check_config_for_architecture", None)
+    if check is None or config.is_identity:
+        return
+    try:
+        check(config)
+    except StopUnsupportedError as exc:
+        raise StopUnsupportedError(f"{_config_label(value, origin)}: {exc}") from None
+
+
+def _adapter_for_class(cls: type) -> Any:
+    from stop_hf.patches import ARCHITECTURES
+
+    by_class = {adapter.model_class: adapter for adapter in ARCHITECTURES.values()}
+    for klass in cls.__mro__:
+        if klass.__name__ in by_class:
+            return by_class[klass.__name__]()
+    return None
 
 
 def _install(model: Any, adapter: Any, config: StopConfig) -> None:
@@ -71,6 +117,8 @@ def _install(model: Any, adapter: Any, config: StopConfig) -> None:
     # encode videos with the original's vision tower and write into the original's state. An instance attribute
     # makes deepcopy copy the unpatched model and patch the copy with the same config instead.
     model.__dict__["__deepcopy__"] = functools.partial(_deepcopy_patched, model)
+    # pickle (torch.save) cannot serialise the hook closures: it pickles an unpatched view and re-patches on load
+    model.__dict__["__reduce_ex__"] = functools.partial(_reduce_patched, model)
     model.config.stop_config = config.to_dict()
 
 
@@ -140,6 +188,44 @@ def _deepcopy_patched(model: Any, memo: dict) -> Any:
     return patch(clone, config)
 
 
+def _reduce_patched(model: Any, protocol: int) -> tuple:
+    """`pickle` / `torch.save` of a patched model: what is pickled is an unpatched view of it (every module shallow-
+    copied without the hooks, method wrappers and attributes `patch` added; parameters shared, not copied), and
+    unpickling patches that with the same config (`_unpickle_patched`). The model itself is not touched."""
+    state: StopState = model._stop_state
+    hook_ids = {handle.id for handle in state.handles if hasattr(handle, "id")}
+    wrapped: dict[int, set[str]] = {}
+    for handle in state.handles:
+        if isinstance(handle, MethodHandle):
+            wrapped.setdefault(id(handle.obj), set()).add(handle.name)
+    added = {"_stop_state", "__deepcopy__", "__reduce_ex__"}
+    views: dict[int, Any] = {}
+
+    def view(module: Any) -> Any:
+        if id(module) in views:  # a module reachable twice (shared) stays one object
+            return views[id(module)]
+        clone = object.__new__(type(module))
+        views[id(module)] = clone
+        attributes = {}
+        for name, value in module.__dict__.items():
+            if name in added or name in wrapped.get(id(module), ()):
+                continue
+            if "hooks" in name and isinstance(value, dict):
+                value = type(value)((k, v) for k, v in value.items() if k not in hook_ids)
+            attributes[name] = value
+        attributes["_modules"] = {
+            k: None if m is None else view(m) for k, m in module.__dict__.get("_modules", {}).items()
+        }
+        clone.__dict__.update(attributes)
+        return clone
+
+    return (_unpickle_patched, (view(model), state.config.to_dict()))
+
+
+def _unpickle_patched(model: Any, config: dict[str, Any]) -> Any:
+    return patch(model, StopConfig.from_dict(config))
+
+
 def unpatch(model: Any) -> Any:
     """Removes every hook `patch` installed and the stored config; the model behaves exactly as before."""
     state: StopState | None = getattr(model, "_stop_state", None)
@@ -149,6 +235,7 @@ def unpatch(model: Any) -> Any:
         handle.remove()
     del model._stop_state
     model.__dict__.pop("__deepcopy__", None)
+    model.__dict__.pop("__reduce_ex__", None)
     if hasattr(model.config, "stop_config"):
         del model.config.stop_config
     return model
@@ -270,6 +357,8 @@ def _kwarg_from_pretrained(owner: type) -> classmethod:
         pretrained = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         requested, origin = _requested_config(pretrained, stop_config, kwargs)
         config = _resolve_requested(requested, origin)  # a bad config fails here, before the weights load
+        if config is not None:  # so does a config this architecture cannot run
+            check_architecture(_adapter_for_class(cls), config, requested, origin)
         model = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
         if config is not None:
             patch(model, config)

@@ -331,18 +331,23 @@ def load_siglip_head(
 
 
 def refuse_map_head(config, needs, architecture: str) -> None:
-    """For a tower without SigLIP's MAP head: a ValueError naming the field if the method would read a MAP-head signal."""
+    """For a tower without SigLIP's MAP head: a `StopUnsupportedError` naming the field if the method would read a
+    MAP-head signal (`global_feature: auto` resolves to the frame mean there, so only an explicit map_head fails)."""
+    from .hooks import StopUnsupportedError  # hooks imports config, which imports this module
+
     wanted = {
         "global_feature": "global_features" in needs and config.global_feature == "map_head",
         "saliency_source": "attention" in needs and config.saliency_source == "map_head",
     }
-    for field_name, refused in wanted.items():
-        if refused:
-            raise ValueError(
-                f"stop_config.{field_name}='map_head' is not available on {architecture}: its vision tower has no "
-                f"SigLIP attention-pooling head. Allowed here: global_feature 'auto' or 'mean' (the frame mean, as "
-                f"FastVID's own {architecture} code), saliency_source 'encoder'"
-            )
+    refused = [f"{name}='map_head'" for name, wants in wanted.items() if wants]
+    if refused:
+        raise StopUnsupportedError(
+            f"stop_config.{' and '.join(refused)} {'is' if len(refused) == 1 else 'are'} not available on "
+            f"{architecture}: its vision tower has no SigLIP attention-pooling head. Allowed here: global_feature "
+            f"'auto' or 'mean' (the frame mean, as FastVID's own {architecture} code), saliency_source 'encoder' "
+            "(e.g. the presets fastvid_stop_r10, fastvid_baseline_r10; fastvid_original_* is the original LLaVA-OV "
+            "FastVID and needs the MAP head)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

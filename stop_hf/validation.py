@@ -37,3 +37,29 @@ def pixel_check_pre_hook(module: Any, args: tuple, kwargs: dict[str, Any]) -> No
     for name in PIXEL_INPUTS:
         check_finite_pixels(name, kwargs.get(name))
     return None
+
+
+def check_finite_videos(pixels: Any, records: list[Any]) -> None:
+    """Raises `StopInputError` when a video's encoder output (its features or the signals captured for pruning)
+    holds NaN or inf although its pixels are finite: the pixel values overflow inside the vision tower (e.g. pixels
+    scaled far outside the processor's range). Pruning would rank or match non-finite tokens; unpatched, the model
+    would silently return NaN logits."""
+    for number, record in enumerate(records):
+        for name in ("features", "attention", "keys", "global_features"):
+            values = getattr(record, name, None)
+            if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+                continue
+            if bool(torch.isfinite(values).all()):
+                continue
+            nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+            largest = (
+                float(pixels.abs().max()) if isinstance(pixels, torch.Tensor) and pixels.numel() else 0.0
+            )
+            what = "features" if name == "features" else f"{name} signal"
+            raise StopInputError(
+                f"the vision tower's {what} of video {number} hold non-finite values ({nan} NaN, {inf} inf of "
+                f"{values.numel()}) although pixel_values_videos are finite (largest |value| {largest:.3g}): the "
+                "pixels overflow inside the vision encoder. Pass pixels as the model's processor makes them "
+                "(normalised, about [-1, 1] or [-3, 3]), in a dtype that holds the encoder's activations "
+                "(float32 or bfloat16)"
+            )

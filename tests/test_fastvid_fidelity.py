@@ -9,9 +9,10 @@ import warnings
 import pytest
 import stop_hf.patches.llava_onevision as llava_patch
 import torch
+from stop_hf.patches import architecture
 
 import stop_hf
-from stop_hf import StopConfig
+from stop_hf import StopConfig, StopUnsupportedError
 from stop_hf.pruners.fastvid import FastVIDPruner
 from stop_hf.siglip_head import DEFAULT_SIGLIP_CHECKPOINT, SiglipHeadError
 from stop_hf.testing import kept_logits, masked_reference_logits, spliced_reference_logits
@@ -121,11 +122,13 @@ ORIGINAL_PRESETS = ["fastvid_original_r10", "fastvid_original_r25"]
 def test_paper_presets_give_compact_positions(siglip, llava_model, llava_reference, llava_inputs, preset):
     """fastvid_{baseline,stop}_r*: the SToP code's FastVID, compact positions, equal to the spliced reference."""
     config = StopConfig.from_preset(preset)
+    # auto: compact positions and the MAP head on LLaVA-OV (original positions, frame mean on Qwen-VL; issue 23)
     assert (config.position_mode, config.global_feature, config.saliency_source) == (
-        "compact",
-        "map_head",
+        "auto",
+        "auto",
         "encoder",
     )
+    assert architecture("llava_onevision").default_position_mode("fastvid") == "compact"
     stop_hf.patch(llava_model, dataclasses.replace(config, siglip_head=str(siglip[0])))
     pruned = pruned_logits(llava_model, llava_inputs)  # the sequence the language model ran
     report = stop_hf.last_prune_report(llava_model)
@@ -205,6 +208,6 @@ def qwen_model():
 
 def test_qwen_refuses_map_head_sources(qwen_model):
     for field in ("global_feature", "saliency_source"):
-        with pytest.raises(ValueError, match=field):
+        with pytest.raises(StopUnsupportedError, match=field):
             stop_hf.patch(qwen_model, StopConfig(method="fastvid", retention=0.2, **{field: "map_head"}))
         assert not stop_hf.is_patched(qwen_model)

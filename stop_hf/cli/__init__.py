@@ -10,6 +10,7 @@ import sys
 
 from ..config import StopConfigError
 from ..hooks import StopUnsupportedError
+from ..siglip_head import SiglipHeadError
 
 
 class CliError(Exception):
@@ -17,6 +18,7 @@ class CliError(Exception):
 
 
 USER_ERRORS = (CliError, StopConfigError, StopUnsupportedError, FileNotFoundError, ValueError, TypeError)
+USER_ERRORS += (SiglipHeadError,)  # the head is not cached / not readable: its message says what to do
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import textwrap
@@ -129,6 +130,19 @@ def check_inputs(args: argparse.Namespace, question: str | None = None) -> None:
             raise FileNotFoundError(f"video file {args.video!r} does not exist")
         if not path.is_file():
             raise CliError(f"video path {args.video!r} is not a file")
+
+
+def check_output_file(flag: str, value: str | None) -> None:
+    """A one-line error, before anything runs, for an output file that could not be written afterwards."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise CliError(f"{flag} {value!r} is a folder; pass a file path, e.g. {str(path / 'run.json')!r}")
+    if not path.parent.is_dir():
+        raise CliError(f"{flag} {value!r}: the folder {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"{flag} {value!r} is not writable")
 
 
 def synthetic_video(num_frames: int) -> Path:
@@ -261,6 +275,7 @@ def print_results(results: list[tuple[str, Any]], question: str) -> None:
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args.config)
     check_inputs(args, args.question)
+    check_output_file("--json", args.json)
     if args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens={args.max_new_tokens} must be a positive integer")
     progress = not args.no_progress
@@ -293,5 +308,5 @@ def run(args: argparse.Namespace) -> int:
             "question": args.question,
             "runs": {label: a.summary() for label, a in results},
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        Path(args.json).expanduser().write_text(json.dumps(payload, indent=2))
     return 0

@@ -73,6 +73,9 @@ def refine_frame_labels(labels: list[int]) -> list[int]:
 class PruneVidPruner(Pruner):
     """PruneVid (SToP's LLaVA-OneVision port) over the whole video.
 
+    `retention` is a ceiling: static tokens always merge over time, so a static clip keeps fewer tokens than
+    retention * N (251 / 245 of 785 on a static LLaVA-OV clip at retention 0.5-0.999, issue 23).
+
     1. Frame clustering: DPC-kNN (k = frame_dpc_k) over the per-frame mean features into
        int(T * frame_cluster_ratio) clusters; labels are centre ranks; `refine_frame_labels` makes them contiguous and
        the runs of equal labels are the windows.
