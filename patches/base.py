@@ -139,9 +139,7 @@ class ArchAdapter:
                     state.stop_capture(token)
                 started = time.perf_counter()
                 records = self.video_records(plan, output, inputs, buffer)
-                check_finite_videos(
-                    pixel_values_videos, records
-                )  # before a non-finite token is matched or ranked
+                check_finite_videos(pixels, records)  # before a non-finite token is matched or ranked
                 seconds = buffer.seconds + time.perf_counter() - started
                 for record in records:
                     record.signal_seconds = seconds / len(records)
