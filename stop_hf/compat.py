@@ -40,8 +40,33 @@ def transformers_version() -> str:
     return transformers.__version__
 
 
+class ModelClassUnavailableError(ImportError):
+    """The installed transformers does not ship a model class that a registered architecture needs."""
+
+
+def has_model_class(name: str) -> bool:
+    """Whether the installed transformers exports the model class `name` (a release may predate it)."""
+    import transformers
+
+    try:
+        return isinstance(getattr(transformers, name), type)
+    except (
+        AttributeError,
+        ImportError,
+    ):  # transformers' lazy module raises either for an absent/unloadable name
+        return False
+
+
 def model_class(name: str) -> type:
-    """A model class exported by transformers (e.g. "Qwen2_5_VLForConditionalGeneration")."""
+    """A model class exported by transformers (e.g. "Qwen2_5_VLForConditionalGeneration"); a clear
+    ModelClassUnavailableError when this release has none of that name (the registry only holds class names, so
+    stop_hf imports and serves its other architectures on such a release)."""
+    if not has_model_class(name):
+        raise ModelClassUnavailableError(
+            f"stop_hf: transformers {transformers_version()} has no model class {name}, so the architecture that "
+            "loads as it cannot be patched on this release. Install a transformers release that ships it within "
+            "stop_hf's supported range (the transformers pin of the stop-hf package)."
+        )
     import transformers
 
     return getattr(transformers, name)
@@ -59,8 +84,24 @@ def inherited_from_pretrained(owner: type, cls: type, *args: Any, **kwargs: Any)
     return super(owner, cls).from_pretrained(*args, **kwargs)
 
 
+def transformers_release() -> tuple[int, int]:
+    """(major, minor) of the installed transformers."""
+    from packaging.version import Version
+
+    return Version(transformers_version()).release[:2]
+
+
+#: the first release whose models select the `logits_to_keep` rows through `modeling_utils.slice_logits_to_keep`;
+#: before it each forward inlined `hidden[:, slice(-n, None) if isinstance(n, int) else n, :]`
+#: (transformers v5.19.0 models/qwen2_5_vl/modeling_qwen2_5_vl.py:1405, v5.21.0 modeling_utils.py:5008)
+SHARED_SLICE_LOGITS_RELEASE = (5, 21)
+
+
 def slice_logits_to_keep(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
     """The rows `logits_to_keep` selects, exactly as the models' own forward selects them."""
+    if transformers_release() < SHARED_SLICE_LOGITS_RELEASE:
+        rows = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return hidden[:, rows]
     from transformers.modeling_utils import slice_logits_to_keep as slice_rows
 
     return slice_rows(hidden, logits_to_keep)
@@ -192,12 +233,33 @@ def _backbones_mapped() -> None:
                 )
 
 
+#: the `logits_to_keep` values the slicing contract probes: all rows, the last n, explicit positions
+_PROBE_LOGITS_TO_KEEP = (0, 2, (1, 3))
+
+
 def _slice_logits_to_keep() -> None:
     rows = torch.arange(10.0).reshape(1, 5, 2)
     if not torch.equal(slice_logits_to_keep(rows, 0), rows) or not torch.equal(
         slice_logits_to_keep(rows, 2), rows[:, -2:]
     ):
         raise ValueError("slice_logits_to_keep(h, 0) is not h or slice_logits_to_keep(h, 2) is not h[:, -2:]")
+    # and the models' own forward selects the same rows (it calls the shared helper from 5.21, inlines it before)
+    for adapter in _registered():
+        torch.manual_seed(0)
+        model = model_class(adapter.model_class)(adapter.tiny_config()).eval()
+        ids = torch.tensor(_PROBE_IDS)
+        with torch.no_grad():
+            full = model(input_ids=ids, use_cache=False).logits
+            for keep in _PROBE_LOGITS_TO_KEEP:
+                keep = torch.tensor(keep) if isinstance(keep, tuple) else keep
+                kept = model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+                expected = slice_logits_to_keep(full, keep)
+                if kept.shape != expected.shape or not torch.allclose(kept, expected, atol=1e-5, rtol=1e-4):
+                    raise ValueError(
+                        f"{adapter.name}: forward(logits_to_keep={keep!r}) returns logits of shape "
+                        f"{tuple(kept.shape)} that are not slice_logits_to_keep(full logits) "
+                        f"{tuple(expected.shape)}"
+                    )
 
 
 def _cache_names() -> None:
@@ -407,7 +469,8 @@ CONTRACTS: tuple[Contract, ...] = (
     ),
     Contract(
         "modeling_utils.slice_logits_to_keep",
-        "0 keeps every row and an int n keeps the last n",
+        "0 keeps every row, an int n keeps the last n, a tensor keeps those positions, as each model's forward "
+        f"selects them (inlined in the forward before {'.'.join(map(str, SHARED_SLICE_LOGITS_RELEASE))})",
         _slice_logits_to_keep,
     ),
     Contract(

@@ -759,13 +759,36 @@ def _safe_logits_to_keep(kwargs: dict[str, Any], video_token_id: int) -> bool:
     return not bool(tail.any())
 
 
+def _refuse_placeholders_without_video(kwargs: dict[str, Any], video_token_id: int) -> None:
+    """Refuses a multi-token forward whose input_ids hold video placeholders but that carries no video: the model
+    would read the placeholders as ordinary tokens and answer without the video. transformers before 5.23 does
+    this in `generate(prefill_chunk_size=...)`: its chunked prefill drops the pixels from every chunk (the
+    unpatched model silently ignores the video; v5.19.0 generation/utils.py:4302-4325). A decode step (one
+    token) may legitimately generate the placeholder id."""
+    input_ids = kwargs.get("input_ids")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        return
+    placeholders = int((input_ids == video_token_id).sum())
+    if placeholders:
+        raise StopUnsupportedError(
+            f"stop_hf: this forward holds {placeholders} video placeholder tokens but no video "
+            "(pixel_values_videos / mm_encoder_outputs), so the model would answer without the video. This is what "
+            "chunked prefill does on transformers "
+            f"{compat.transformers_version()} (generate(prefill_chunk_size=...) drops the pixels from every chunk): "
+            "drop prefill_chunk_size, or pass the video with the prompt."
+        )
+
+
 def top_pre_hook(state: StopState, video_token_id: int, module: torch.nn.Module, args: tuple, kwargs: dict):
     """Forward pre-hook on the *ForConditionalGeneration model: starts this call's state. When the call carries a
     video, it takes `labels` (the loss is computed in prompt coordinates afterwards) and widens `logits_to_keep`
     where pruning would move the requested positions."""
     call = CallState()
     state.call.set(call)
-    if state.config.is_identity or not state.adapter.has_video(kwargs):
+    if state.config.is_identity:
+        return None
+    if not state.adapter.has_video(kwargs):
+        _refuse_placeholders_without_video(kwargs, video_token_id)
         return None
     state.adapter.check_video_call(kwargs)
     call.labels = kwargs.pop("labels", None)

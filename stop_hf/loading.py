@@ -414,12 +414,16 @@ def install_from_pretrained_kwarg() -> None:
 
     _install_unsupported_refusal()
     for model_type, name in SUPPORTED_MODEL_TYPES.items():
+        if not compat.has_model_class(
+            name
+        ):  # an older transformers without this architecture: nothing to load
+            continue
         cls = compat.model_class(name)
         if "from_pretrained" not in cls.__dict__:
             cls.from_pretrained = _kwarg_from_pretrained(cls)
             _KWARG_CLASSES.append(cls)
         backbone_name = compat.backbone_class_name(model_type)
-        backbone = compat.model_class(backbone_name) if backbone_name else None
+        backbone = compat.model_class(backbone_name) if compat.has_model_class(backbone_name or "") else None
         if backbone is not None and "from_pretrained" not in backbone.__dict__:
             backbone.from_pretrained = _backbone_from_pretrained(backbone, name)
             _KWARG_CLASSES.append(backbone)

@@ -19,16 +19,60 @@ def test_all_contracts_hold_at_once():
     assert compat.check_contracts() == []
 
 
+SLICE_CONTRACT = "modeling_utils.slice_logits_to_keep"
+SHARED_SLICE = compat.transformers_release() >= compat.SHARED_SLICE_LOGITS_RELEASE
+
+
+@pytest.mark.skipif(
+    not SHARED_SLICE,
+    reason=f"transformers {compat.transformers_version()} has no shared slice_logits_to_keep to break (each forward "
+    "inlines the slice); test_a_selection_unlike_the_models_fails_the_slice_contract covers it",
+)
 def test_a_broken_internal_fails_naming_it(monkeypatch):
     import transformers.modeling_utils
 
     monkeypatch.setattr(transformers.modeling_utils, "slice_logits_to_keep", lambda h, n: h)
-    contract = next(c for c in compat.CONTRACTS if c.internal == "modeling_utils.slice_logits_to_keep")
+    contract = next(c for c in compat.CONTRACTS if c.internal == SLICE_CONTRACT)
     with pytest.raises(
         compat.ContractError, match=r"changed the internal `modeling_utils\.slice_logits_to_keep`"
     ):
         compat.require(contract)
     assert any("slice_logits_to_keep" in failure for failure in compat.check_contracts())
+
+
+def test_a_selection_unlike_the_models_fails_the_slice_contract(monkeypatch):
+    """On every release: compat's row selection is checked against what the models' forward returns, so models
+    that select other rows than compat (here: compat taking tensor positions in reverse) fail naming the internal."""
+    selected = compat.slice_logits_to_keep
+
+    def reversed_positions(hidden, keep):
+        return selected(hidden, keep.flip(0) if torch.is_tensor(keep) else keep)
+
+    monkeypatch.setattr(compat, "slice_logits_to_keep", reversed_positions)
+    contract = next(c for c in compat.CONTRACTS if c.internal == SLICE_CONTRACT)
+    with pytest.raises(
+        compat.ContractError, match=r"slice_logits_to_keep.*logits_to_keep=tensor\(\[1, 3\]\)"
+    ):
+        compat.require(contract)
+
+
+@pytest.mark.parametrize("release", [(5, 19), (5, 20), compat.SHARED_SLICE_LOGITS_RELEASE, (5, 24)])
+@pytest.mark.parametrize("keep", [0, 1, 3, (0, 2)])
+def test_the_slice_is_the_same_rows_on_either_side_of_the_gate(monkeypatch, release, keep):
+    """Before 5.21 compat inlines the models' own slice; from 5.21 it calls the shared helper: the same rows."""
+    hidden = torch.arange(24.0).reshape(2, 4, 3)
+    keep = torch.tensor(keep) if isinstance(keep, tuple) else keep
+    expected = (
+        hidden
+        if isinstance(keep, int) and keep == 0
+        else hidden[:, -keep:]
+        if isinstance(keep, int)
+        else hidden[:, keep]
+    )
+    if release >= compat.SHARED_SLICE_LOGITS_RELEASE and not SHARED_SLICE:
+        pytest.skip(f"transformers {compat.transformers_version()} has no shared slice_logits_to_keep")
+    monkeypatch.setattr(compat, "transformers_release", lambda: release)
+    assert torch.equal(compat.slice_logits_to_keep(hidden, keep), expected)
 
 
 def test_a_missing_internal_fails_naming_it(monkeypatch):
@@ -218,3 +262,75 @@ def test_the_pin_is_the_tested_range():
         f"the pin {pin.specifier} admits {sorted(admitted)}; .ci/run tests {sorted(tested)}"
     )
     assert Version(transformers.__version__).release[:2] in tested
+
+
+# ------------------------------------------------------------------------------------------ release differences
+def test_video_placeholders_without_the_video_are_refused():
+    """transformers before 5.23 chunks a prefill by dropping the pixels from every chunk (the unpatched model then
+    ignores the video): a patched model refuses a multi-token forward with placeholders and no video, but not a
+    decode step that generated the placeholder id, nor a prompt without placeholders, nor the identity config."""
+    from stop_hf.patches import architecture
+
+    import stop_hf
+    from stop_hf import StopUnsupportedError
+
+    model = build_tiny_model("qwen2_5_vl")
+    video = architecture("qwen2_5_vl").video_token_id(model)
+    text = torch.tensor([[101, 102, 103, 104]])
+    with_placeholders = torch.tensor([[101, video, video, 104]])
+    stop_hf.patch(model, "uniform_r25")
+    with torch.no_grad():
+        with pytest.raises(
+            StopUnsupportedError, match=r"2 video placeholder tokens but no video.*prefill_chunk_size"
+        ):
+            model(input_ids=with_placeholders)
+        assert model(input_ids=text).logits.shape[:2] == (1, 4)
+        assert model(input_ids=torch.tensor([[video]])).logits.shape[:2] == (1, 1)
+    stop_hf.unpatch(model)
+    stop_hf.patch(model, {"method": "none"})
+    with torch.no_grad():
+        assert model(input_ids=with_placeholders).logits.shape[:2] == (1, 4)
+
+
+def test_an_absent_model_class_is_refused_by_name():
+    assert compat.has_model_class("Qwen2_5_VLForConditionalGeneration")
+    assert not compat.has_model_class("NoSuchVLForConditionalGeneration")
+    with pytest.raises(
+        compat.ModelClassUnavailableError, match=r"transformers \S+ has no model class NoSuchVL"
+    ):
+        compat.model_class("NoSuchVLForConditionalGeneration")
+
+
+def test_a_registered_architecture_missing_from_this_release_is_tolerated(monkeypatch):
+    """An architecture whose class this transformers lacks (a newer model on an older release): the other
+    architectures keep their from_pretrained kwarg, and loading that one is refused naming the class."""
+    from types import SimpleNamespace
+
+    from stop_hf.patches import ARCHITECTURES
+
+    from stop_hf import loading
+
+    absent = type(
+        "AbsentAdapter",
+        (ARCHITECTURES["qwen2_vl"],),
+        {
+            "name": "absent_vl",
+            "model_class": "AbsentVLForConditionalGeneration",
+            "model_types": ("absent_vl",),
+        },
+    )
+    monkeypatch.setitem(ARCHITECTURES, "absent_vl", absent)
+    loading.uninstall_from_pretrained_kwarg()
+    try:
+        loading.install_from_pretrained_kwarg()
+        installed = {cls.__name__ for cls in loading._KWARG_CLASSES}
+        assert (
+            "Qwen2_5_VLForConditionalGeneration" in installed
+            and "AbsentVLForConditionalGeneration" not in installed
+        )
+        with pytest.raises(compat.ModelClassUnavailableError, match="AbsentVLForConditionalGeneration"):
+            loading._model_class_for(SimpleNamespace(model_type="absent_vl"))
+    finally:
+        loading.uninstall_from_pretrained_kwarg()
+        monkeypatch.undo()
+        loading.install_from_pretrained_kwarg()
