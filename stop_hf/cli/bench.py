@@ -86,20 +86,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_settings(args)
     if args.engine == "vllm":
-        from ..vllm.bench import run as run_vllm
+        from ..vllm.bench import run_from_args
 
-        run_vllm(
-            args.arch,
-            tuple(args.configs),
-            args.count_rule,
-            args.requests,
-            args.frames,
-            args.repeats,
-            args.device,
-            args.model,
-            args.out,
-        )
-        return 0
+        return run_from_args(args)
 
     gpu = args.device.startswith("cuda")
     settings = BenchSettings(

@@ -70,14 +70,9 @@ def masked_reference_output(
 ) -> tuple[Any, torch.Tensor]:
     """The masked/merged full-length reference's language-model output (`lm_kwargs`, e.g.
     `output_attentions=True`, go to the language model) and the kept mask (B, L)."""
-    lm_inputs = capture_lm_inputs(unpatched_model, inputs)
-    embeds = lm_inputs["inputs_embeds"].clone()
+    lm_inputs, embeds, pad, positions = _unpruned_lm_inputs(unpatched_model, inputs)
+    embeds = embeds.clone()
     batch, length, _ = embeds.shape
-    pad = lm_inputs.get("attention_mask")
-    pad = torch.ones(batch, length, dtype=torch.bool) if pad is None else pad.bool()
-    positions = lm_inputs.get("position_ids")
-    if positions is None:
-        positions = torch.arange(length)[None].expand(batch, length)
     keep = torch.ones(batch, length, dtype=torch.bool)
     _require_embeddings(report)
     for entry in report:
@@ -200,14 +195,8 @@ def shortened_reference_logits(
             f"({_per_token_lm_kwargs(unpatched_model)}); use masked_reference_logits"
         )
     _require_embeddings(report)
-    lm_inputs = capture_lm_inputs(unpatched_model, inputs)
-    embeds = lm_inputs["inputs_embeds"]
+    lm_inputs, embeds, pad, positions = _unpruned_lm_inputs(unpatched_model, inputs)
     batch, length, _ = embeds.shape
-    pad = lm_inputs.get("attention_mask")
-    pad = torch.ones(batch, length, dtype=torch.bool) if pad is None else pad.bool()
-    positions = lm_inputs.get("position_ids")
-    if positions is None:
-        positions = torch.arange(length)[None].expand(batch, length)
     out = torch.full((batch, length, unpatched_model.lm_head.out_features), float("nan"))
     keep = torch.zeros(batch, length, dtype=torch.bool)
     for b in range(batch):
@@ -238,3 +227,19 @@ def reference_logits(
     if kind == "masked":
         return masked_reference_logits(unpatched_model, inputs, report)
     raise ValueError(f"lm_reference={kind!r}; allowed: masked, shortened")
+
+
+def _unpruned_lm_inputs(
+    unpatched_model: Any, inputs: dict[str, Any]
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The unpruned language-model inputs of `inputs`: the captured kwargs, `inputs_embeds` (B, L, D), the padding
+    mask (B, L) bool and the positions (B, L) or (C, B, L) (1-D arange when the model passes none)."""
+    lm_inputs = capture_lm_inputs(unpatched_model, inputs)
+    embeds = lm_inputs["inputs_embeds"]
+    batch, length, _ = embeds.shape
+    pad = lm_inputs.get("attention_mask")
+    pad = torch.ones(batch, length, dtype=torch.bool) if pad is None else pad.bool()
+    positions = lm_inputs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(length)[None].expand(batch, length)
+    return lm_inputs, embeds, pad, positions

@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default=None, help="checkpoint (default on CPU: the tiny servable one)")
     parser.add_argument("--out", default="bench_out")
-    args = parser.parse_args(argv)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Runs the bench from parsed `stop-hf bench --engine vllm` arguments."""
     run(
         args.arch,
         tuple(args.configs),
