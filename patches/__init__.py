@@ -18,9 +18,17 @@ UNAVAILABLE: dict[str, str] = {}
 
 
 def _model_available(cls: type[ArchAdapter]) -> bool:
-    """Whether the installed transformers has the adapter's model package (checked without importing it)."""
+    """Whether the installed transformers has the adapter's model package (checked without importing it), at a
+    release the adapter is verified on (`min_transformers`)."""
     import importlib.util
 
+    if cls.min_transformers is not None:
+        from packaging.version import Version
+
+        from stop_hf import compat
+
+        if Version(compat.transformers_version()) < Version(cls.min_transformers):
+            return False
     return importlib.util.find_spec(f"transformers.models.{cls.model_types[0]}") is not None
 
 
@@ -47,7 +55,9 @@ def register_architecture(cls: type[ArchAdapter]) -> type[ArchAdapter]:
             if other is not None and other is not cls:
                 raise ValueError(f"{field} {value!r} is already registered by {other.__qualname__}")
     if not _model_available(cls):
-        UNAVAILABLE[cls.name] = cls.model_class
+        UNAVAILABLE[cls.name] = cls.model_class + (
+            f" (transformers >= {cls.min_transformers})" if cls.min_transformers else ""
+        )
         return cls
     ARCHITECTURES[cls.name] = cls
     return cls

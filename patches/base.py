@@ -44,6 +44,8 @@ class ArchAdapter:
     model_class: ClassVar[str] = ""
     #: config `model_type`s loaded as `model_class`
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: the oldest transformers release this architecture is verified on (None: the whole supported range)
+    min_transformers: ClassVar[str | None] = None
     #: the lmms-eval model name (`--model`), its wrapper class name and the checkpoint it loads by default
     lmms_model: ClassVar[str] = ""
     lmms_class: ClassVar[str] = ""

@@ -435,12 +435,18 @@ def _refusing_from_pretrained(original: classmethod) -> classmethod:
 
     def from_pretrained(cls: type, *args: Any, stop_config: ConfigLike | None = _UNSET, **kwargs: Any) -> Any:
         if stop_config is not _UNSET and not means_no_pruning(stop_config):
-            from stop_hf.patches import ADAPTERS
+            from stop_hf.patches import ADAPTERS, UNAVAILABLE
 
             from .hooks import StopUnsupportedError
 
+            needs = [need for need in UNAVAILABLE.values() if need.split(" ")[0] == cls.__name__]
+            reason = (
+                f"stop_hf supports {needs[0]}, not on transformers {compat.transformers_version()}"
+                if needs
+                else f"stop_hf does not support {cls.__name__}"
+            )
             raise StopUnsupportedError(
-                f"stop_hf does not support {cls.__name__}: stop_config= applies to the supported model classes "
+                f"{reason}: stop_config= applies to the supported model classes "
                 f"{sorted(ADAPTERS)}. Load it without stop_config (or with stop_config=None)."
             )
         return original.__func__(cls, *args, **kwargs)

@@ -90,5 +90,27 @@ def test_an_adapter_whose_model_transformers_lacks_is_left_out_and_named(monkeyp
     monkeypatch.setattr(patches, "UNAVAILABLE", dict(patches.UNAVAILABLE))
     patches.register_architecture(Missing)
     assert "qwen3_5_missing" not in patches.ARCHITECTURES
-    with pytest.raises(ValueError, match="needs Qwen3_5MissingForConditionalGeneration, which transformers"):
+    with pytest.raises(ValueError, match=r"needs Qwen3_5MissingForConditionalGeneration .*, which transformers"):
         patches.architecture("qwen3_5_missing")
+
+
+def test_qwen3_5_is_left_out_below_the_release_it_is_verified_on(monkeypatch):
+    """Qwen3.5 exists in transformers 5.19-5.22 but is verified from 5.23: below, it is refused by name and
+    release, on the registry and on from_pretrained(stop_config=...)."""
+    from stop_hf import compat, patches
+
+    class Older(type(architecture(ARCH))):
+        name = "qwen3_5_older"
+        model_class = "Qwen3_5ForConditionalGeneration"
+        model_types = ("qwen3_5",)
+        lmms_model = "qwen3_5_older_stop"
+        lmms_class = "Qwen3_5OlderStop"
+
+    monkeypatch.setattr(patches, "UNAVAILABLE", dict(patches.UNAVAILABLE))
+    others = {name: cls for name, cls in patches.ARCHITECTURES.items() if not name.startswith("qwen3_5")}
+    monkeypatch.setattr(patches, "ARCHITECTURES", others)
+    monkeypatch.setattr(compat, "transformers_version", lambda: "5.19.0")
+    patches.register_architecture(Older)
+    assert "qwen3_5_older" not in patches.ARCHITECTURES
+    with pytest.raises(ValueError, match=r"needs Qwen3_5ForConditionalGeneration \(transformers >= 5.23\)"):
+        patches.architecture("qwen3_5_older")
