@@ -163,7 +163,20 @@ def test_qwen3_frame_counts_follow_the_shape_and_content_methods_are_refused():
     assert serve_options("holitom_stop_r10", "exact", "qwen2_5_vl").count_rule == "exact"
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision"])
+def test_qwen3_vl_moe_with_a_stop_config_is_refused_at_start_up():
+    from types import SimpleNamespace
+
+    from stop_hf.vllm import check_engine_config
+
+    moe = SimpleNamespace(
+        additional_config={"stop_config": "visionzip_stop_r25"},
+        model_config=SimpleNamespace(architectures=["Qwen3VLMoeForConditionalGeneration"]),
+    )
+    with pytest.raises(ValueError, match="does not serve architecture 'Qwen3VLMoeForConditionalGeneration'"):
+        check_engine_config(moe)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision", "qwen3_vl"])
 def test_servable_tiny_checkpoint_round_trips_in_hf(arch, tmp_path):
     """LLM heads 32 wide (vLLM's CPU attention refuses 16), hub weight names, tokenizer/processor/template saved."""
     import glob
@@ -214,6 +227,7 @@ PLACEHOLDER = {
     "llava_onevision": "<video>",
     "qwen3_vl": "<|vision_start|><|video_pad|><|vision_end|>",
 }
+QWEN3 = ["qwen3_vl"]  # Qwen3-VL-MoE is refused: see docs/vllm.md
 MAX_TOKENS = 6
 
 
@@ -415,38 +429,41 @@ def _hf_prompt_length(arch: str, checkpoints) -> int:
 
 
 @serving
+@pytest.mark.parametrize("arch", QWEN3)
 @pytest.mark.parametrize("config", ["none", {"method": "uniform", "retention": 1.0}], ids=str)
-def test_qwen3_vl_unpruned_is_vllms_prompt_and_hf_ids(config, checkpoints):
+def test_qwen3_vl_unpruned_is_vllms_prompt_and_hf_ids(arch, config, checkpoints):
     """`none` / retention 1.0: vLLM's own Qwen3-VL prompt (timestamped groups, full counts) and the HF ids."""
-    llm = _engine("qwen3_vl", checkpoints)
-    (out,), reports = _generate(llm, [_request("qwen3_vl", _frames(), config)])
+    llm = _engine(arch, checkpoints)
+    (out,), reports = _generate(llm, [_request(arch, _frames(), config)])
     assert reports == []
-    assert len(out.prompt_token_ids) == _hf_prompt_length("qwen3_vl", checkpoints)
-    hf_ids, _ = _hf("qwen3_vl", checkpoints, "none")
+    assert len(out.prompt_token_ids) == _hf_prompt_length(arch, checkpoints)
+    hf_ids, _ = _hf(arch, checkpoints, "none")
     assert list(out.outputs[0].token_ids) == hf_ids
 
 
 @serving
+@pytest.mark.parametrize("arch", QWEN3)
 @pytest.mark.parametrize("config", FIXED, ids=str)
-def test_qwen3_vl_fixed_count_methods_equal_the_hf_path(config, checkpoints):
+def test_qwen3_vl_fixed_count_methods_equal_the_hf_path(arch, config, checkpoints):
     """Kept indices (representative order) and greedy ids equal the HF patch's: same signals, each temporal patch's
     group holding its kept count, deepstack rows of exactly the kept tokens, HF's original positions."""
-    llm = _engine("qwen3_vl", checkpoints)
-    (out,), reports = _generate(llm, [_request("qwen3_vl", _frames(), config)])
-    hf_ids, hf_index = _hf("qwen3_vl", checkpoints, config)
+    llm = _engine(arch, checkpoints)
+    (out,), reports = _generate(llm, [_request(arch, _frames(), config)])
+    hf_ids, hf_index = _hf(arch, checkpoints, config)
     (report,) = reports
     assert report["index"] == sorted(hf_index)
     assert report["tokens_after"] < report["tokens_before"]
-    unpruned = _hf_prompt_length("qwen3_vl", checkpoints)
+    unpruned = _hf_prompt_length(arch, checkpoints)
     assert len(out.prompt_token_ids) == unpruned - (report["tokens_before"] - report["tokens_after"])
     assert list(out.outputs[0].token_ids) == hf_ids
 
 
 @serving
-def test_qwen3_vl_content_dependent_method_is_refused_per_request(checkpoints):
-    llm = _engine("qwen3_vl", checkpoints)
+@pytest.mark.parametrize("arch", QWEN3)
+def test_qwen3_vl_content_dependent_method_is_refused_per_request(arch, checkpoints):
+    llm = _engine(arch, checkpoints)
     with pytest.raises(Exception, match="per frame"):
-        llm.generate([_request("qwen3_vl", _frames(), "holitom_stop_r10", "exact")], use_tqdm=False)
+        llm.generate([_request(arch, _frames(), "holitom_stop_r10", "exact")], use_tqdm=False)
 
 
 @serving

@@ -50,10 +50,6 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
-from vllm.model_executor.models.qwen3_vl_moe import (
-    Qwen3VLMoeForConditionalGeneration,
-    Qwen3VLMoeProcessingInfo,
-)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
@@ -224,10 +220,6 @@ class StopQwen3VLProcessor(_StopProcessorMixin, Qwen3VLMultiModalProcessor):
             video_token_id=config.video_token_id,
             select_token_id=True,
         )
-
-
-class StopQwen3VLMoeProcessor(StopQwen3VLProcessor):
-    arch = "qwen3_vl_moe"
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -614,13 +606,6 @@ class StopQwen3VLForConditionalGeneration(_StopQwen3Mixin, Qwen3VLForConditional
     pass
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    StopQwen3VLMoeProcessor, info=Qwen3VLMoeProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
-)
-class StopQwen3VLMoeForConditionalGeneration(_StopQwen3Mixin, Qwen3VLMoeForConditionalGeneration):
-    pass
-
-
 # ------------------------------------------------------------------ LLaVA-OneVision
 @MULTIMODAL_REGISTRY.register_processor(
     StopLlavaOnevisionProcessor,
@@ -745,5 +730,4 @@ assert set(SERVED_ARCHITECTURES) == {
     "Qwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
-    "Qwen3VLMoeForConditionalGeneration",
 }
