@@ -396,7 +396,7 @@ def test_exact_count_rule_against_the_reference_count(arch, checkpoints):
 
 
 @serving
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + QWEN3)
 def test_two_configs_in_one_batch(arch, checkpoints):
     llm = _engine(arch, checkpoints)
     frames = _frames()
