@@ -121,6 +121,10 @@ def tiny_config(arch: str, servable: bool = False):
     config.pad_token_id = token_id("<pad>")
     if servable:
         _widen_text_heads(config.text_config)
+        if getattr(config, "model_type", "").startswith("qwen3_vl"):
+            # HF's Qwen3-VL always interleaves the T/H/W rotary slots; vLLM does only when the config says so (the
+            # hub checkpoints do: `"mrope_interleaved": true`)
+            config.text_config.rope_parameters["mrope_interleaved"] = True
     return config
 
 
@@ -179,7 +183,13 @@ def save_tiny_checkpoint(
     checkpoints spell them)."""
     path = Path(path)
     build_tiny_model(arch, seed, servable).save_pretrained(path)
-    build_processor(arch).save_pretrained(path)
+    processor = build_processor(arch)
+    if servable and arch.startswith("qwen3_vl"):
+        # vLLM normalises Qwen3-VL's pixels on the device with ONE mean/std for images and videos (the image
+        # processor's); the hub checkpoints use 0.5/0.5 for both, as the video processor here does
+        processor.image_processor.image_mean = list(processor.video_processor.image_mean)
+        processor.image_processor.image_std = list(processor.video_processor.image_std)
+    processor.save_pretrained(path)
     if servable:
         _hub_weight_names(path)
     return path

@@ -21,6 +21,8 @@ from stop_hf.vllm.counts import (
     ServeOptions,
     append_positions,
     fit_count,
+    frame_counts,
+    kept_frame_counts,
     placement_order,
     reference_budget,
     relative_mrope,
@@ -141,7 +143,40 @@ def test_placement_and_positions():
         assert not bool(split_positions(append_positions(embeds, None))[2].any())
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision"])
+def test_qwen3_frame_counts_follow_the_shape_and_content_methods_are_refused():
+    """Qwen3-VL's prompt has one group per temporal patch, so each frame's count is fixed at prompt time."""
+    for config in ["visionzip_stop_r25", {"method": "uniform", "retention": 0.3}]:
+        options = serve_options(config, arch="qwen3_vl")
+        assert options.position_mode == "original"
+        frames, grid = 3, (6, 8)
+        counts = frame_counts(options, frames, grid)
+        assert sum(counts) == target_count(options, frames, grid) and len(counts) == frames
+        x = synthetic_input(frames, grid, width=16)
+        x.features = torch.randn_like(x.features) * 3
+        x.attention = torch.softmax(torch.randn_like(x.attention) * 4, dim=-1)
+        index = options.config.build_pruner()(x).index
+        assert kept_frame_counts(index, frames, 48) == counts
+    assert frame_counts(serve_options("none", arch="qwen3_vl"), 2, (3, 4)) == [12, 12]
+    for arch in ("qwen3_vl", "qwen3_vl_moe"):
+        with pytest.raises(StopConfigError, match="per frame"):
+            serve_options("holitom_stop_r10", "exact", arch)
+    assert serve_options("holitom_stop_r10", "exact", "qwen2_5_vl").count_rule == "exact"
+
+
+def test_qwen3_vl_moe_with_a_stop_config_is_refused_at_start_up():
+    from types import SimpleNamespace
+
+    from stop_hf.vllm import check_engine_config
+
+    moe = SimpleNamespace(
+        additional_config={"stop_config": "visionzip_stop_r25"},
+        model_config=SimpleNamespace(architectures=["Qwen3VLMoeForConditionalGeneration"]),
+    )
+    with pytest.raises(ValueError, match="does not serve architecture 'Qwen3VLMoeForConditionalGeneration'"):
+        check_engine_config(moe)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision", "qwen3_vl"])
 def test_servable_tiny_checkpoint_round_trips_in_hf(arch, tmp_path):
     """LLM heads 32 wide (vLLM's CPU attention refuses 16), hub weight names, tokenizer/processor/template saved."""
     import glob
@@ -190,7 +225,9 @@ PLACEHOLDER = {
     "qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     "qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>",
     "llava_onevision": "<video>",
+    "qwen3_vl": "<|vision_start|><|video_pad|><|vision_end|>",
 }
+QWEN3 = ["qwen3_vl"]  # Qwen3-VL-MoE is refused: see docs/vllm.md
 MAX_TOKENS = 6
 
 
@@ -359,7 +396,7 @@ def test_exact_count_rule_against_the_reference_count(arch, checkpoints):
 
 
 @serving
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + QWEN3)
 def test_two_configs_in_one_batch(arch, checkpoints):
     llm = _engine(arch, checkpoints)
     frames = _frames()
@@ -372,6 +409,61 @@ def test_two_configs_in_one_batch(arch, checkpoints):
     assert len(together[0].prompt_token_ids) != len(
         _generate(llm, [_request(arch, frames, "none")])[0][0].prompt_token_ids
     )
+
+
+# ------------------------------------------------------------------ Qwen3-VL (timestamped groups, deepstack)
+def _hf_prompt_length(arch: str, checkpoints) -> int:
+    from transformers import AutoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    processor = AutoProcessor.from_pretrained(str(checkpoints[arch]))
+    meta = {k: v for k, v in _metadata().items() if k != "do_sample_frames"}
+    inputs = processor(
+        text=[PROMPT.format(video=PLACEHOLDER[arch])],
+        videos=[list(_frames())],
+        video_metadata=[VideoMetadata(**meta)],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
+    return int(inputs["input_ids"].shape[1])
+
+
+@serving
+@pytest.mark.parametrize("arch", QWEN3)
+@pytest.mark.parametrize("config", ["none", {"method": "uniform", "retention": 1.0}], ids=str)
+def test_qwen3_vl_unpruned_is_vllms_prompt_and_hf_ids(arch, config, checkpoints):
+    """`none` / retention 1.0: vLLM's own Qwen3-VL prompt (timestamped groups, full counts) and the HF ids."""
+    llm = _engine(arch, checkpoints)
+    (out,), reports = _generate(llm, [_request(arch, _frames(), config)])
+    assert reports == []
+    assert len(out.prompt_token_ids) == _hf_prompt_length(arch, checkpoints)
+    hf_ids, _ = _hf(arch, checkpoints, "none")
+    assert list(out.outputs[0].token_ids) == hf_ids
+
+
+@serving
+@pytest.mark.parametrize("arch", QWEN3)
+@pytest.mark.parametrize("config", FIXED, ids=str)
+def test_qwen3_vl_fixed_count_methods_equal_the_hf_path(arch, config, checkpoints):
+    """Kept indices (representative order) and greedy ids equal the HF patch's: same signals, each temporal patch's
+    group holding its kept count, deepstack rows of exactly the kept tokens, HF's original positions."""
+    llm = _engine(arch, checkpoints)
+    (out,), reports = _generate(llm, [_request(arch, _frames(), config)])
+    hf_ids, hf_index = _hf(arch, checkpoints, config)
+    (report,) = reports
+    assert report["index"] == sorted(hf_index)
+    assert report["tokens_after"] < report["tokens_before"]
+    unpruned = _hf_prompt_length(arch, checkpoints)
+    assert len(out.prompt_token_ids) == unpruned - (report["tokens_before"] - report["tokens_after"])
+    assert list(out.outputs[0].token_ids) == hf_ids
+
+
+@serving
+@pytest.mark.parametrize("arch", QWEN3)
+def test_qwen3_vl_content_dependent_method_is_refused_per_request(arch, checkpoints):
+    llm = _engine(arch, checkpoints)
+    with pytest.raises(Exception, match="per frame"):
+        llm.generate([_request(arch, _frames(), "holitom_stop_r10", "exact")], use_tqdm=False)
 
 
 @serving

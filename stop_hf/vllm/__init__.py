@@ -21,6 +21,7 @@ MODEL_CLASSES = {
     "Qwen2_5_VLForConditionalGeneration": "StopQwen2_5_VLForConditionalGeneration",
     "Qwen2VLForConditionalGeneration": "StopQwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "StopLlavaOnevisionForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "StopQwen3VLForConditionalGeneration",
 }
 
 

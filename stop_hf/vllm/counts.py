@@ -34,9 +34,12 @@ SERVED_ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
     "Qwen2VLForConditionalGeneration": "qwen2_vl",
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
 }
 #: 1-D position models: vLLM numbers the pruned prompt sequentially (HF's `compact`)
 ONE_D_ARCHITECTURES = ("llava_onevision",)
+#: one `<t seconds><|vision_start|>...<|vision_end|>` group per temporal patch: the prompt fixes every frame's count
+PER_FRAME_ARCHITECTURES = ("qwen3_vl", "qwen3_vl_moe")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,12 @@ def serve_options(stop_config: Any, count_rule: Any = None, arch: str = "qwen2_5
                 "stop_config.position_mode='compact' is not supported for 3-D mRoPE positions; allowed: auto, original"
             )
         mode = "original"
+    if not config.is_identity and config.method in CONTENT_COUNT_METHODS and arch in PER_FRAME_ARCHITECTURES:
+        raise StopConfigError(
+            f"stop_config.method={config.method!r} keeps a content-dependent number of tokens per frame, but {arch}'s "
+            "prompt fixes each temporal patch's count before encoding (one timestamped group per temporal patch); "
+            "served there: none, uniform, random, visionzip"
+        )
     if not config.is_identity and config.method in CONTENT_COUNT_METHODS and rule != "exact":
         raise StopConfigError(
             f"stop_config.method={config.method!r} keeps a content-dependent number of tokens, but vLLM fixes the "
@@ -136,6 +145,20 @@ def target_count(options: ServeOptions, frames: int, grid: tuple[int, int]) -> i
     return _probe_count(options.to_json(), frames, grid)
 
 
+def frame_counts(options: ServeOptions, frames: int, grid: tuple[int, int]) -> list[int]:
+    """(T,) tokens each frame (temporal patch) keeps in vLLM, for architectures whose prompt has one group per
+    frame: the pruner's own per-frame counts on an input of that shape (shape-determined methods only)."""
+    n = grid[0] * grid[1]
+    if not options.active:
+        return [n] * frames
+    return list(_probe_frame_counts(options.to_json(), frames, grid))
+
+
+def kept_frame_counts(index: torch.Tensor, frames: int, n: int) -> list[int]:
+    """(M,) flat t * N + n indices -> how many fall in each of the `frames` frames."""
+    return torch.bincount(index.long().cpu() // n, minlength=frames).tolist()
+
+
 def synthetic_input(frames: int, grid: tuple[int, int], width: int = 8) -> PruneInput:
     """A deterministic input of the given shape with every signal (the count of shape-determined methods)."""
     generator = torch.Generator().manual_seed(0)
@@ -155,6 +178,13 @@ def synthetic_input(frames: int, grid: tuple[int, int], width: int = 8) -> Prune
 def _probe_count(options_json: str, frames: int, grid: tuple[int, int]) -> int:
     options = ServeOptions.from_json(options_json)
     return int(options.config.build_pruner()(synthetic_input(frames, grid)).index.numel())
+
+
+@functools.lru_cache(maxsize=256)
+def _probe_frame_counts(options_json: str, frames: int, grid: tuple[int, int]) -> tuple[int, ...]:
+    options = ServeOptions.from_json(options_json)
+    index = options.config.build_pruner()(synthetic_input(frames, grid)).index
+    return tuple(kept_frame_counts(index, frames, grid[0] * grid[1]))
 
 
 def ranking_score(pruner: Any, x: PruneInput) -> torch.Tensor:

@@ -44,6 +44,12 @@ from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLMultiModalProcessor,
     Qwen2VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
@@ -57,6 +63,8 @@ from .counts import (
     ServeOptions,
     append_positions,
     fit_count,
+    frame_counts,
+    kept_frame_counts,
     placement_order,
     relative_mrope,
     report_entry,
@@ -185,6 +193,33 @@ class StopLlavaOnevisionProcessor(_StopProcessorMixin, LlavaOnevisionMultiModalP
         vision = self.info.get_hf_config().vision_config
         side = -(-(vision.image_size // vision.patch_size) // 2)
         return frames, (side, side), 1
+
+
+class StopQwen3VLProcessor(_StopProcessorMixin, Qwen3VLMultiModalProcessor):
+    """Qwen3-VL: one `<t seconds><|vision_start|> video x k_t <|vision_end|>` group per temporal patch, each with the
+    count its frame keeps (`frame_counts`); timestamps and wrappers stay, as in the HF patch."""
+
+    arch = "qwen3_vl"
+    _stop_num_videos = staticmethod(StopQwen2_5_VLProcessor._stop_num_videos)
+
+    def _stop_video_replacement(self, original, mm_items, out_mm_kwargs, item_idx: int):
+        details = original(item_idx)
+        item = out_mm_kwargs["video"][item_idx]
+        if FIELD not in item:
+            return details
+        options = ServeOptions.decode(item[FIELD].data)
+        config = self.info.get_hf_config()
+        t, h, w = (int(v) for v in item["video_grid_thw"].data.tolist())
+        merge = config.vision_config.spatial_merge_size
+        return self.get_video_repl(
+            tokens_per_frame=frame_counts(options, t, (h // merge, w // merge)),
+            timestamps=item["timestamps"].data,
+            tokenizer=self.info.get_tokenizer(),
+            vision_start_token_id=config.vision_start_token_id,
+            vision_end_token_id=config.vision_end_token_id,
+            video_token_id=config.video_token_id,
+            select_token_id=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -392,14 +427,22 @@ class _StopQwenMixin(_StopModelMixin):
             grid = (h // merge, w // merge)
             per_video = {k: s[v] for k, s in signals.items()}
             per_video["attention_patches"] = self._stop_attention_patches(block, h, w)
-            kept, index = self._stop_prune_video(options[v], features, t, grid, per_video)
+            kept, index = self._stop_prune_features(options[v], features, t, grid, per_video)
             if index is None:
                 out.append(append_positions(kept, None))
                 continue
             second = 1.0 if seconds is None else float(seconds[v])
-            offsets = relative_mrope(index, grid, second * tokens_per_second)
+            offsets = self._stop_offsets(options[v], index, t, grid, second * tokens_per_second)
             out.append(append_positions(kept, offsets))
         return out
+
+    def _stop_prune_features(self, options, features, frames, grid, signals):
+        """One video's encoder output -> (kept rows in placement order, their flat indices or None)."""
+        return self._stop_prune_video(options, features, frames, grid, signals)
+
+    def _stop_offsets(self, options, index, frames, grid, t_factor) -> torch.Tensor:
+        """(M, 3) each kept token's (t, h, w) offset from the position its placeholders were given."""
+        return relative_mrope(index, grid, t_factor)
 
     def _stop_block(self, layer: int | None) -> int:
         full = self._stop_full_blocks()
@@ -483,6 +526,84 @@ class StopQwen2_5_VLForConditionalGeneration(_StopQwenMixin, Qwen2_5_VLForCondit
 )
 class StopQwen2VLForConditionalGeneration(_StopQwenMixin, Qwen2VLForConditionalGeneration):
     windowed = False  # every block attends over a whole temporal patch
+
+
+# ------------------------------------------------------------------ Qwen3-VL
+class _StopQwen3Mixin(_StopQwenMixin):
+    """Qwen3-VL: every block attends over one temporal patch (no windows); the encoder's rows are [main | deepstack
+    levels]; each temporal patch is its own timestamped group whose mRoPE t id is the group's start position."""
+
+    windowed = False
+
+    def _stop_local_keys(self, attn: Any, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.reshape(x.shape[0], 3, heads, -1)[
+            :, 1
+        ]  # QKVParallelLinear: [q | k | v] of this rank's heads
+
+    def _stop_prune_features(self, options, features, frames, grid, signals):
+        """The pruner sees the main embeddings (HF's pooler output); each kept token carries the deepstack rows of
+        its representative (the HF patch's slicing of `deepstack_visual_embeds`), so the LLM's first layers get
+        exactly the kept tokens' deepstack features."""
+        width = self.visual_dim if self.use_deepstack else features.shape[-1]
+        kept, index = self._stop_prune_video(options, features[:, :width], frames, grid, signals)
+        if index is None:
+            return features, None
+        return torch.cat([kept, features[index.to(features.device), width:]], dim=-1), index
+
+    def _stop_offsets(self, options, index, frames, grid, t_factor) -> torch.Tensor:
+        n = grid[0] * grid[1]
+        expected, kept = frame_counts(options, frames, grid), kept_frame_counts(index, frames, n)
+        if kept != expected:
+            raise RuntimeError(
+                f"stop-hf: {options.config.method} kept {kept} tokens per temporal patch but the prompt has {expected}"
+            )
+        return relative_mrope(index % n, grid, 1.0)  # t: the group's own start position
+
+    def _stop_positions(self, input_tokens, mm_features):
+        """vLLM's Qwen3-VL numbering of the unpruned prompt (text sequential; a group's (1, h, w) grid from the
+        position after its `<|vision_start|>`; the next text at max + 1), with a pruned video's placeholders all at
+        their group's start (the encoder's (0, h, w) offsets are added in `forward`)."""
+        config = self.config
+        merge = config.vision_config.spatial_merge_size
+        chunks: list[np.ndarray] = []
+        next_start, st = 0, 0
+        for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            if feature.modality == "image":
+                _, h, w = (int(v) for v in feature.data["image_grid_thw"].data.tolist())
+                groups = [(feature.mm_position.offset, (h // merge) * (w // merge))]
+            else:
+                t, h, w = (int(v) for v in feature.data["video_grid_thw"].data.tolist())
+                groups, offset = [], feature.mm_position.offset
+                for _ in range(t):
+                    begin = input_tokens.index(config.vision_start_token_id, offset)
+                    end = input_tokens.index(config.vision_end_token_id, begin)
+                    groups.append((begin + 1, end - begin - 1))
+                    offset = end + 1
+            gh, gw = h // merge, w // merge
+            pruned = sum(count for _, count in groups) != len(groups) * gh * gw
+            for start, count in groups:
+                text_len = start - st
+                chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_start)
+                base = next_start + text_len
+                if pruned:
+                    chunks.append(np.full((3, count), base, dtype=np.int64))
+                else:
+                    chunks.append(np.indices((1, gh, gw)).reshape(3, -1) + base)
+                next_start = base + max(gh, gw)
+                st = start + count
+        if st < len(input_tokens):
+            text_len = len(input_tokens) - st
+            chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_start)
+        positions = np.concatenate(chunks, axis=1).reshape(3, -1)
+        following = max(int(positions.max()) + 1 if positions.size else 0, next_start)
+        return torch.from_numpy(np.ascontiguousarray(positions)), following - len(input_tokens)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen3VLProcessor, info=Qwen3VLProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class StopQwen3VLForConditionalGeneration(_StopQwen3Mixin, Qwen3VLForConditionalGeneration):
+    pass
 
 
 # ------------------------------------------------------------------ LLaVA-OneVision
@@ -608,4 +729,5 @@ assert set(SERVED_ARCHITECTURES) == {
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration",
 }
