@@ -90,7 +90,9 @@ def test_an_adapter_whose_model_transformers_lacks_is_left_out_and_named(monkeyp
     monkeypatch.setattr(patches, "UNAVAILABLE", dict(patches.UNAVAILABLE))
     patches.register_architecture(Missing)
     assert "qwen3_5_missing" not in patches.ARCHITECTURES
-    with pytest.raises(ValueError, match=r"needs Qwen3_5MissingForConditionalGeneration .*, which transformers"):
+    with pytest.raises(
+        ValueError, match=r"needs Qwen3_5MissingForConditionalGeneration .*, which transformers"
+    ):
         patches.architecture("qwen3_5_missing")
 
 
