@@ -38,6 +38,7 @@ from stop_hf.signals import attention_received, head_mean_keys, signal_dtype
 
 from . import register_architecture
 from .base import ArchAdapter, SignalBuffer
+from .qwen3_vl import QWEN3_8B_LLM
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,7 @@ class InternVLAdapter(ArchAdapter):
     bench_image_size = 448
     bench_tokens_per_frame = 256
     # LLM of InternVL3.5-8B (Qwen3-8B): hidden 4096, 32 heads of 128, 8 KV heads, MLP 12288, 36 layers
-    bench_llm: ClassVar[dict[str, int]] = {
-        "hidden": 4096,
-        "heads": 32,
-        "kv_heads": 8,
-        "mlp": 12288,
-        "layers": 36,
-        "vocab": 151936,
-    }
+    bench_llm: ClassVar[dict[str, int]] = QWEN3_8B_LLM
 
     def video_token_id(self, model: Any) -> int:
         return int(model.config.image_token_id)

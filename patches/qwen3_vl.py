@@ -28,6 +28,16 @@ from stop_hf.hooks import Splice
 from . import register_architecture
 from .qwen2_vl import Qwen2VLAdapter
 
+#: Qwen3-8B, the LLM of Qwen3-VL-8B and InternVL3.5-8B: hidden 4096, 32 heads of 128, 8 KV heads, MLP 12288, 36 layers
+QWEN3_8B_LLM: dict[str, int] = {
+    "hidden": 4096,
+    "heads": 32,
+    "kv_heads": 8,
+    "mlp": 12288,
+    "layers": 36,
+    "vocab": 151936,
+}
+
 
 @register_architecture
 class Qwen3VLAdapter(Qwen2VLAdapter):
@@ -53,14 +63,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     bench_image_size = 384
     bench_tokens_per_frame = 72
     # LLM of Qwen3-VL-8B (Qwen3-8B): hidden 4096, 32 heads of 128, 8 KV heads, MLP 12288, 36 layers
-    bench_llm: ClassVar[dict[str, int]] = {
-        "hidden": 4096,
-        "heads": 32,
-        "kv_heads": 8,
-        "mlp": 12288,
-        "layers": 36,
-        "vocab": 151936,
-    }
+    bench_llm: ClassVar[dict[str, int]] = QWEN3_8B_LLM
     tiny_sharpen: ClassVar[dict[str, float]] = {"q_norm": 2.5, "k_norm": 2.5, "attn.qkv": 6.0}
     pruned_lm_kwargs: ClassVar[tuple[str, ...]] = ("visual_pos_masks", "deepstack_visual_embeds")
 
