@@ -305,6 +305,7 @@ class _StopModelMixin:
         )
         x.require(*pruner.needs, method=config.method)
         result = pruner(x)
+        reference = result.index  # the method's own selection (HF's kept indices), before the count rule
         target = target_count(options, frames, grid)
         changed = 0
         if options.count_rule == "exact":
@@ -319,7 +320,9 @@ class _StopModelMixin:
             options, frames * grid[0] * grid[1], target, changed, time.perf_counter() - started
         )
         logger.info("stop-hf pruned video: %s", json.dumps(entry))
-        self.stop_hf_reports.append({**entry, "index": result.index[order].tolist()})
+        self.stop_hf_reports.append(
+            {**entry, "index": result.index[order].tolist(), "reference_index": reference.tolist()}
+        )
         return result.embeds[order].to(features.dtype), result.index[order]
 
 
