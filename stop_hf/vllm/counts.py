@@ -8,6 +8,8 @@ placeholder whose embedding would be missing. So every served video has a count 
 - content-dependent methods (fastvid's rare +-1, holitom, flashvid, prunevid) need `count_rule: exact`: the target
   is the method's own budget (`reference_budget`) and `fit_count` trims the result by the method's own ranking score
   or tops it up with the next-ranked source tokens; how many tokens it changed is reported per video.
+  Where the prompt fixes each temporal patch's count (Qwen3-VL's timestamped groups), the budget is split per temporal
+  patch (`frame_targets`) and the same trim / top-up runs within each temporal patch.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 
 from ..config import StopConfig, StopConfigError, means_no_pruning
-from ..pruners import KIND_COPY, PruneInput, PruneResult, topk_lowest_index
+from ..pruners import KIND_COPY, PruneInput, PruneResult
 
 #: `count_rule` values: `shape` (default) serves only methods whose count follows from the shape; `exact` serves
 #: every method at its reference budget (trim / top up, reported).
@@ -109,17 +111,16 @@ def serve_options(stop_config: Any, count_rule: Any = None, arch: str = "qwen2_5
                 "stop_config.position_mode='compact' is not supported for 3-D mRoPE positions; allowed: auto, original"
             )
         mode = "original"
-    if not config.is_identity and config.method in CONTENT_COUNT_METHODS and arch in PER_FRAME_ARCHITECTURES:
-        raise StopConfigError(
-            f"stop_config.method={config.method!r} keeps a content-dependent number of tokens per frame, but {arch}'s "
-            "prompt fixes each temporal patch's count before encoding (one timestamped group per temporal patch); "
-            "served there: none, uniform, random, visionzip"
-        )
     if not config.is_identity and config.method in CONTENT_COUNT_METHODS and rule != "exact":
+        per_frame = (
+            f" ({arch}'s prompt fixes each temporal patch's count: the budget is split per temporal patch)"
+            if arch in PER_FRAME_ARCHITECTURES
+            else ""
+        )
         raise StopConfigError(
             f"stop_config.method={config.method!r} keeps a content-dependent number of tokens, but vLLM fixes the "
             f"count before encoding; set {RULE_KEY}='exact' (trim by the method's score / top up with the "
-            "next-ranked tokens to the method's budget, reported per video)"
+            f"next-ranked tokens to the method's budget{per_frame}, reported per video)"
         )
     return ServeOptions(config, rule, mode)
 
@@ -145,12 +146,26 @@ def target_count(options: ServeOptions, frames: int, grid: tuple[int, int]) -> i
     return _probe_count(options.to_json(), frames, grid)
 
 
+def frame_targets(options: ServeOptions, frames: int, tokens_per_frame: int) -> list[int]:
+    """(T,) a content-dependent method's budget split per frame (temporal patch): its per-frame budget (fastvid,
+    flashvid), or round(T * N * retention) spread as evenly as it goes, earlier frames taking the remainder
+    (holitom, prunevid, whose own counts per frame follow the content)."""
+    pruner = options.config.build_pruner()
+    if hasattr(pruner, "budgets"):
+        return [int(pruner.budgets(tokens_per_frame)[0])] * frames
+    base, extra = divmod(reference_budget(options, frames, tokens_per_frame), frames)
+    return [base + 1] * extra + [base] * (frames - extra)
+
+
 def frame_counts(options: ServeOptions, frames: int, grid: tuple[int, int]) -> list[int]:
     """(T,) tokens each frame (temporal patch) keeps in vLLM, for architectures whose prompt has one group per
-    frame: the pruner's own per-frame counts on an input of that shape (shape-determined methods only)."""
+    frame: the pruner's own per-frame counts on an input of that shape (shape-determined methods), or the budget
+    split per frame (content-dependent methods, `count_rule: exact`)."""
     n = grid[0] * grid[1]
     if not options.active:
         return [n] * frames
+    if options.config.method in CONTENT_COUNT_METHODS:
+        return frame_targets(options, frames, n)
     return list(_probe_frame_counts(options.to_json(), frames, grid))
 
 
@@ -195,39 +210,70 @@ def ranking_score(pruner: Any, x: PruneInput) -> torch.Tensor:
     return x.features.float().norm(dim=-1).reshape(-1)
 
 
-def fit_count(result: PruneResult, x: PruneInput, pruner: Any, target: int) -> tuple[PruneResult, int]:
+def rank_within_groups(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(M,) values, (M,) group ids -> (M,) each value's rank in its group, largest first, ties to the lower index."""
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]
+    sorted_groups = groups[order]
+    first = torch.searchsorted(sorted_groups, sorted_groups, right=False)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device) - first
+    return rank
+
+
+def fit_count(
+    result: PruneResult, x: PruneInput, pruner: Any, target: int | list[int]
+) -> tuple[PruneResult, int]:
     """The result with exactly `target` tokens, and target minus the method's own count (0: unchanged).
 
-    Too many: the output tokens whose representatives rank lowest by the method's score are dropped (order kept).
-    Too few: the highest-ranked source tokens not yet represented are appended as copies, in rank order."""
-    count = int(result.index.numel())
-    if count == target:
-        info = {
-            **result.info,
-            "count_rule": {"reference_tokens": count, "served_tokens": target, "changed": 0},
-        }
-        return PruneResult(result.embeds, result.index, result.kind, info), 0
-    score = ranking_score(pruner, x).to(result.index.device)
-    if count > target:
-        keep = torch.sort(topk_lowest_index(score[result.index], target)).values
-        fitted = PruneResult(result.embeds[keep], result.index[keep], result.kind[keep], dict(result.info))
+    `target` is the whole video's count, or a list with each frame's count (the fit then runs within each frame,
+    by the frame of each token's representative). Too many: the output tokens whose representatives rank lowest by
+    the method's score are dropped (order kept). Too few: the highest-ranked source tokens not yet represented are
+    appended as copies, in rank order. `info["count_rule"]` records the counts and how many were trimmed / added."""
+    frames, n = x.features.shape[:2]
+    targets = torch.tensor([target] if isinstance(target, int) else list(target), dtype=torch.long)
+    group_tokens = frames * n if targets.numel() == 1 else n
+    index = result.index
+    groups = (index // group_tokens).cpu()
+    counts = torch.bincount(groups, minlength=targets.numel())
+    total, count = int(targets.sum()), int(index.numel())
+    if torch.equal(counts, targets):
+        fitted = PruneResult(result.embeds, index, result.kind, dict(result.info))
     else:
+        score = ranking_score(pruner, x).cpu()
+        keep = rank_within_groups(score[index.cpu()], groups) < targets[groups]
+        keep = keep.to(index.device)
+        deficit = (targets - counts).clamp(min=0)
         taken = torch.zeros_like(score, dtype=torch.bool)
-        taken[result.index] = True
-        extra = topk_lowest_index(score.masked_fill(taken, float("-inf")), target - count)
+        taken[index.cpu()] = True
+        source_groups = torch.arange(score.numel()) // group_tokens
+        rank = rank_within_groups(score.masked_fill(taken, float("-inf")), source_groups)
+        chosen = (rank < deficit[source_groups]) & ~taken
+        # appended in group order, then rank order (one group: the rank order)
+        extra = chosen.nonzero().squeeze(-1)
+        extra = extra[torch.sort(source_groups[extra] * score.numel() + rank[extra]).indices].to(index.device)
         flat = x.features.reshape(-1, x.features.shape[-1])
         fitted = PruneResult(
-            torch.cat([result.embeds, flat[extra].to(result.embeds.dtype)]),
-            torch.cat([result.index, extra]),
-            torch.cat([result.kind, torch.full_like(extra, KIND_COPY)]),
+            torch.cat([result.embeds[keep], flat[extra].to(result.embeds.dtype)]),
+            torch.cat([index[keep], extra]),
+            torch.cat([result.kind[keep], torch.full_like(extra, KIND_COPY)]),
             dict(result.info),
         )
+    trimmed, added = _trimmed_added(counts, targets)
     fitted.info["count_rule"] = {
         "reference_tokens": count,
-        "served_tokens": target,
-        "changed": target - count,
+        "served_tokens": total,
+        "changed": total - count,
+        "trimmed": trimmed,
+        "added": added,
     }
-    return fitted, target - count
+    return fitted, total - count
+
+
+def _trimmed_added(counts: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """How many tokens the fit drops and appends, from the per-group counts and targets."""
+    diff = targets - counts
+    return int((-diff).clamp(min=0).sum()), int(diff.clamp(min=0).sum())
 
 
 def placement_order(result: PruneResult, position_mode: str) -> torch.Tensor:
@@ -271,9 +317,17 @@ def split_positions(embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def report_entry(
-    options: ServeOptions, before: int, after: int, changed: int, seconds: float
+    options: ServeOptions,
+    before: int,
+    after: int,
+    changed: int,
+    seconds: float,
+    trimmed: int = 0,
+    added: int = 0,
 ) -> dict[str, Any]:
-    """What the plugin logs per video (and `stop-hf bench --engine vllm` reads)."""
+    """What the plugin logs per video (and `stop-hf bench --engine vllm` reads). `count_changed` is served minus
+    the method's own count; `tokens_trimmed` / `tokens_added` count what the exact rule dropped / appended (both 0:
+    the method's own selection is served)."""
     return {
         "method": options.config.method,
         "sink": options.config.sink,
@@ -282,5 +336,7 @@ def report_entry(
         "tokens_before": before,
         "tokens_after": after,
         "count_changed": changed,
+        "tokens_trimmed": trimmed,
+        "tokens_added": added,
         "prune_seconds": round(seconds, 6),
     }

@@ -58,6 +58,7 @@ from ..pruners import PruneInput
 from ..signals import attention_received, head_mean_keys, segment_attention_received, unpermute_merge_units
 from .counts import (
     CONFIG_KEY,
+    CONTENT_COUNT_METHODS,
     RULE_KEY,
     SERVED_ARCHITECTURES,
     ServeOptions,
@@ -247,6 +248,8 @@ class _StopModelMixin:
     """Strips the position channels in `embed_input_ids` and applies them in `forward` (mRoPE models)."""
 
     uses_position_channels = True
+    #: the prompt fixes each temporal patch's count (the exact rule then fits each temporal patch)
+    per_frame_counts = False
 
     def _stop_setup(self, vllm_config: Any) -> None:
         self._stop_defaults = _engine_options(vllm_config)
@@ -307,9 +310,13 @@ class _StopModelMixin:
         result = pruner(x)
         reference = result.index  # the method's own selection (HF's kept indices), before the count rule
         target = target_count(options, frames, grid)
-        changed = 0
+        changed, fit = 0, {}
         if options.count_rule == "exact":
-            result, changed = fit_count(result, x, pruner, target)
+            per_frame = self.per_frame_counts and config.method in CONTENT_COUNT_METHODS
+            result, changed = fit_count(
+                result, x, pruner, frame_counts(options, frames, grid) if per_frame else target
+            )
+            fit = result.info["count_rule"]
         if result.index.numel() != target:
             raise RuntimeError(
                 f"stop-hf: {config.method} kept {result.index.numel()} tokens but the prompt has {target} placeholders"
@@ -317,7 +324,13 @@ class _StopModelMixin:
             )
         order = placement_order(result, options.position_mode)
         entry = report_entry(
-            options, frames * grid[0] * grid[1], target, changed, time.perf_counter() - started
+            options,
+            frames * grid[0] * grid[1],
+            target,
+            changed,
+            time.perf_counter() - started,
+            trimmed=fit.get("trimmed", 0),
+            added=fit.get("added", 0),
         )
         logger.info("stop-hf pruned video: %s", json.dumps(entry))
         self.stop_hf_reports.append(
@@ -537,6 +550,7 @@ class _StopQwen3Mixin(_StopQwenMixin):
     levels]; each temporal patch is its own timestamped group whose mRoPE t id is the group's start position."""
 
     windowed = False
+    per_frame_counts = True
 
     def _stop_local_keys(self, attn: Any, x: torch.Tensor, heads: int) -> torch.Tensor:
         return x.reshape(x.shape[0], 3, heads, -1)[
