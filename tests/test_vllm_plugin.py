@@ -722,3 +722,27 @@ def test_openai_server_prunes_a_video_on_loopback(checkpoints, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@serving
+def test_position_offsets_are_added_in_the_runners_buffer(monkeypatch):
+    """CUDA-graph replay reads the positions from the captured buffer's address: the offsets must land in that
+    buffer, not in a copy (a copy would be silently ignored on GPU)."""
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    from stop_hf.vllm.models import StopQwen2_5_VLForConditionalGeneration
+
+    seen = {}
+
+    def parent_forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        seen["positions"] = positions
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "forward", parent_forward)
+    model = object.__new__(StopQwen2_5_VLForConditionalGeneration)
+    buffer = torch.zeros(3, 16, dtype=torch.long)
+    step = buffer[:, :10]  # the runner passes a view of its persistent buffer
+    model._stop_pending = (torch.tensor([4, 5]), torch.tensor([[0, 1, 2], [1, 3, 4]]))
+    model.forward(None, step)
+    assert seen["positions"].data_ptr() == buffer.data_ptr()
+    assert buffer[:, 4].tolist() == [0, 1, 2] and buffer[:, 5].tolist() == [1, 3, 4]
+    assert int(buffer.abs().sum()) == 11 and model._stop_pending is None

@@ -279,7 +279,8 @@ class _StopModelMixin:
         pending, self._stop_pending = self._stop_pending, None
         if pending is not None:
             where, offsets = pending
-            positions = positions.clone()
+            # in place, in the runner's persistent positions buffer (rewritten every step): a CUDA-graph replay reads
+            # its inputs from the captured addresses, so a corrected copy would be silently ignored there
             positions[:, where.to(positions.device)] += offsets.to(positions.device, positions.dtype).T
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
 
