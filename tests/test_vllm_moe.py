@@ -1,0 +1,184 @@
+"""Qwen3-VL-MoE in stop-hf's vLLM plugin (issue 22): the tiny checkpoint in the hub layout that HF and vLLM both
+load, and the served model exact against the HF path. The serving tests share one engine (module scope) and need
+vLLM (scripts/ci_vllm.sh runs them in its venv); they skip otherwise. Helpers come from tests/test_vllm_plugin.py.
+"""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_vllm_plugin import (
+    _ENGINES,
+    FIXED,
+    _engine,
+    _frames,
+    _generate,
+    _hf,
+    _hf_prompt_length,
+    _request,
+    serving,
+)
+
+from stop_hf.config import StopConfigError
+from stop_hf.vllm.counts import SERVED_ARCHITECTURES, frame_counts, serve_options
+
+ARCH = "qwen3_vl_moe"
+VLLM_CLASS = "Qwen3VLMoeForConditionalGeneration"
+
+
+# ---------------------------------------------------------------------------------------------------- no vLLM needed
+def test_servable_moe_checkpoint_is_in_the_hub_layout_and_round_trips_in_hf(tmp_path):
+    """Fused experts stored as the hub's Qwen3-VL-30B-A3B stores them (gate_up (E, H, 2I), down (E, I, H)), the
+    config's `norm_topk_prob: true` and `num_experts`; HF's `from_pretrained` gives back the model that was saved."""
+    import json
+
+    from safetensors.torch import load_file
+    from stop_hf.patches import architecture
+
+    from stop_hf import compat
+    from stop_hf.tiny import build_tiny_model, save_tiny_checkpoint
+
+    path = save_tiny_checkpoint(tmp_path / ARCH, ARCH)
+    text = json.loads((path / "config.json").read_text())["text_config"]
+    assert text["norm_topk_prob"] is True and "num_local_experts" not in text
+    experts, hidden, inter = text["num_experts"], text["hidden_size"], text["moe_intermediate_size"]
+    assert inter not in (hidden, hidden // 2)  # no square expert matrix: transformers transposes by shape
+    stored = {}
+    for file in path.glob("*.safetensors"):
+        stored.update(load_file(file))
+    expected = build_tiny_model(ARCH, servable=True).state_dict()
+    fused = [name for name in stored if ".mlp.experts." in name]
+    assert fused and len(fused) == 2 * text["num_hidden_layers"]
+    for name in fused:
+        hub_shape = (
+            (experts, hidden, 2 * inter) if name.endswith("gate_up_proj") else (experts, inter, hidden)
+        )
+        assert tuple(stored[name].shape) == hub_shape
+        assert torch.equal(stored[name], expected[name].transpose(1, 2))
+    loaded = compat.model_class(architecture(ARCH).model_class).from_pretrained(str(path))
+    assert loaded.config.text_config.num_experts == experts
+    state = loaded.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def _engine_config(stop_config):
+    multimodal = SimpleNamespace(
+        mm_encoder_tp_mode="weights", video_pruning_rate=None, mm_processor_kwargs=None
+    )
+    return SimpleNamespace(
+        additional_config={"stop_config": stop_config},
+        model_config=SimpleNamespace(architectures=[VLLM_CLASS], multimodal_config=multimodal),
+        compilation_config=SimpleNamespace(compile_mm_encoder=False, cudagraph_mm_encoder=False),
+        parallel_config=SimpleNamespace(pipeline_parallel_size=1),
+    )
+
+
+def test_moe_is_served_with_the_qwen3_rules():
+    from stop_hf.vllm import MODEL_CLASSES, check_engine_config
+
+    assert SERVED_ARCHITECTURES[VLLM_CLASS] == ARCH and VLLM_CLASS in MODEL_CLASSES
+    config = _engine_config("visionzip_stop_r25")
+    check_engine_config(config)  # accepted; the validated default reaches the processor
+    assert "stop_config" in config.model_config.multimodal_config.mm_processor_kwargs
+    with pytest.raises(StopConfigError, match="retention"):
+        check_engine_config(_engine_config({"method": "uniform", "retention": 0}))
+    options = serve_options("visionzip_stop_r25", arch=ARCH)
+    assert options.position_mode == "original"
+    assert frame_counts(options, 2, (12, 12)) == frame_counts(
+        serve_options("visionzip_stop_r25", arch="qwen3_vl"), 2, (12, 12)
+    )
+    with pytest.raises(
+        StopConfigError, match="per frame"
+    ):  # one timestamped group per temporal patch, as dense
+        serve_options("holitom_stop_r10", "exact", ARCH)
+
+
+# ---------------------------------------------------------------------------------------------------- serving
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from stop_hf.tiny import save_tiny_checkpoint
+
+    return {ARCH: save_tiny_checkpoint(tmp_path_factory.mktemp("vllm_moe") / ARCH, ARCH)}
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoints):
+    engine = _engine(ARCH, checkpoints)
+    yield engine
+    _ENGINES.pop(ARCH, None)  # this module's engine only: freed before the next suite
+    del engine
+    gc.collect()
+
+
+@serving
+def test_moe_checkpoint_loads_in_vllm_as_the_plugins_class(llm):
+    """The plugin's class serves it and vLLM's fused experts hold the HF model's (E, 2I, H) / (E, H, I) weights: the
+    hub layout was read as the hub's (a wrong transpose or gate/up order would differ)."""
+    from stop_hf.tiny import build_tiny_model
+
+    def experts(model):
+        layers = model.language_model.model.layers
+        routed = [layer.mlp.experts.routed_experts for layer in layers]
+        return type(model).__name__, [
+            (r.w13_weight.detach().clone(), r.w2_weight.detach().clone()) for r in routed
+        ]
+
+    name, served = llm.apply_model(experts)[0]
+    assert name == "StopQwen3VLMoeForConditionalGeneration"
+    hf = build_tiny_model(ARCH, servable=True).model.language_model.layers
+    assert len(served) == len(hf)
+    for (w13, w2), layer in zip(served, hf):
+        assert torch.equal(w13, layer.mlp.experts.gate_up_proj.detach())
+        assert torch.equal(w2, layer.mlp.experts.down_proj.detach())
+
+
+@serving
+@pytest.mark.parametrize("config", ["none", {"method": "uniform", "retention": 1.0}], ids=str)
+def test_moe_unpruned_is_vllms_prompt_and_hf_ids(config, llm, checkpoints):
+    """`none` / retention 1.0: vLLM's own Qwen3-VL prompt (timestamped groups, full counts) and the HF greedy ids."""
+    (out,), reports = _generate(llm, [_request(ARCH, _frames(), config)])
+    assert reports == []
+    assert len(out.prompt_token_ids) == _hf_prompt_length(ARCH, checkpoints)
+    hf_ids, hf_index = _hf(ARCH, checkpoints, "none")
+    assert hf_index is None
+    assert list(out.outputs[0].token_ids) == hf_ids
+
+
+@serving
+@pytest.mark.parametrize("config", FIXED, ids=str)
+def test_moe_fixed_count_methods_equal_the_hf_path(config, llm, checkpoints):
+    """Kept indices (representative order) and greedy ids equal the HF patch's on the MoE model."""
+    (out,), reports = _generate(llm, [_request(ARCH, _frames(), config)])
+    hf_ids, hf_index = _hf(ARCH, checkpoints, config)
+    (report,) = reports
+    assert report["index"] == sorted(hf_index)
+    assert report["count_changed"] == 0 and report["tokens_after"] < report["tokens_before"]
+    unpruned = _hf_prompt_length(ARCH, checkpoints)
+    assert len(out.prompt_token_ids) == unpruned - (report["tokens_before"] - report["tokens_after"])
+    assert list(out.outputs[0].token_ids) == hf_ids
+
+
+@serving
+def test_moe_two_configs_in_one_batch_equal_each_alone(llm):
+    frames = _frames(seed=3)  # a video of its own (vLLM's encoder cache)
+    configs = [{"method": "uniform", "retention": 0.25}, "visionzip_stop_r25"]
+    together, reports = _generate(llm, [_request(ARCH, frames, c) for c in configs])
+    assert len(reports) == 2 and reports[0]["index"] != reports[1]["index"]
+    for config, out in zip(configs, together):
+        (alone,), _ = _generate(llm, [_request(ARCH, frames, config)])
+        assert out.prompt_token_ids == alone.prompt_token_ids
+        assert out.outputs[0].token_ids == alone.outputs[0].token_ids
+    (full,), _ = _generate(llm, [_request(ARCH, frames, "none")])
+    assert len(together[0].prompt_token_ids) < len(full.prompt_token_ids)
+
+
+@serving
+def test_moe_content_dependent_method_is_refused_per_request(llm):
+    with pytest.raises(Exception, match="per frame"):
+        llm.generate([_request(ARCH, _frames(seed=4), "holitom_stop_r10", "exact")], use_tqdm=False)
+    (out,), _ = _generate(llm, [_request(ARCH, _frames(seed=4), "visionzip_stop_r25")])
+    assert out.outputs[0].token_ids  # the engine serves on
