@@ -114,26 +114,47 @@ def llm(checkpoints):
     gc.collect()
 
 
+def _hf_first_logprobs(checkpoint) -> torch.Tensor:
+    """(V,) HF's next-token log-probabilities after the unpruned prompt (transformers' own model, no patch)."""
+    from stop_hf.patches import architecture
+    from test_vllm_plugin import PLACEHOLDER, PROMPT, _metadata
+    from transformers import AutoProcessor
+    from transformers.video_utils import VideoMetadata
+
+    from stop_hf import compat
+
+    model = compat.model_class(architecture(ARCH).model_class).from_pretrained(str(checkpoint)).eval()
+    processor = AutoProcessor.from_pretrained(str(checkpoint))
+    meta = {k: v for k, v in _metadata().items() if k != "do_sample_frames"}
+    inputs = processor(
+        text=[PROMPT.format(video=PLACEHOLDER[ARCH])],
+        videos=[list(_frames(seed=5))],
+        video_metadata=[VideoMetadata(**meta)],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        return model(**inputs).logits[0, -1].float().log_softmax(-1)
+
+
 @serving
-def test_moe_checkpoint_loads_in_vllm_as_the_plugins_class(llm):
-    """The plugin's class serves it and vLLM's fused experts hold the HF model's (E, 2I, H) / (E, H, I) weights: the
-    hub layout was read as the hub's (a wrong transpose or gate/up order would differ)."""
-    from stop_hf.tiny import build_tiny_model
+def test_moe_checkpoint_loads_in_vllm_as_the_plugins_class(llm, checkpoints):
+    """The plugin's class serves it with every expert, and its next-token log-probabilities equal HF's: the fused
+    experts in the hub layout were read as HF reads them (a wrong transpose or gate/up order would differ; vLLM's
+    CPU backend prepacks the expert weights, so they are compared through the outputs)."""
+    from vllm import SamplingParams
 
-    def experts(model):
-        layers = model.language_model.model.layers
-        routed = [layer.mlp.experts.routed_experts for layer in layers]
-        return type(model).__name__, [
-            (r.w13_weight.detach().clone(), r.w2_weight.detach().clone()) for r in routed
-        ]
-
-    name, served = llm.apply_model(experts)[0]
+    name, experts = llm.apply_model(lambda model: (type(model).__name__, model.num_logical_experts))[0]
     assert name == "StopQwen3VLMoeForConditionalGeneration"
-    hf = build_tiny_model(ARCH, servable=True).model.language_model.layers
-    assert len(served) == len(hf)
-    for (w13, w2), layer in zip(served, hf):
-        assert torch.equal(w13, layer.mlp.experts.gate_up_proj.detach())
-        assert torch.equal(w2, layer.mlp.experts.down_proj.detach())
+    assert experts == llm.apply_model(lambda model: model.config.text_config.num_experts)[0] > 1
+    params = SamplingParams(max_tokens=1, temperature=0, logprobs=5)
+    (out,) = llm.generate([_request(ARCH, _frames(seed=5))], params, use_tqdm=False)
+    served = {token: entry.logprob for token, entry in out.outputs[0].logprobs[0].items()}
+    hf = _hf_first_logprobs(checkpoints[ARCH])
+    assert len(served) >= 5
+    for token, logprob in served.items():
+        assert abs(logprob - float(hf[token])) < 1e-3, (token, logprob, float(hf[token]))
+    assert max(served, key=served.get) == int(hf.argmax())
 
 
 @serving
