@@ -6,6 +6,7 @@ vLLM (scripts/ci_vllm.sh runs them in its venv); they skip otherwise. Helpers co
 from __future__ import annotations
 
 import gc
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -203,3 +204,35 @@ def test_moe_content_dependent_method_is_refused_per_request(llm):
         llm.generate([_request(ARCH, _frames(seed=4), "holitom_stop_r10", "exact")], use_tqdm=False)
     (out,), _ = _generate(llm, [_request(ARCH, _frames(seed=4), "visionzip_stop_r25")])
     assert out.outputs[0].token_ids  # the engine serves on
+
+
+@serving
+@pytest.mark.skipif(
+    os.environ.get("STOP_HF_VLLM_TP_MOE") != "1",
+    reason="TP=2 start-up of the MoE model (~2 min on 2 cores) is opt-in: STOP_HF_VLLM_TP_MOE=1",
+)
+def test_moe_tensor_parallel_two_equals_one(llm, checkpoints, tmp_path):
+    """TP=2 shards the vision heads (signals all-reduced, as the dense model) and the experts' intermediate width:
+    both ranks keep the same tokens and the ids equal TP=1's. Opt-in (CI runs TP=2 once, on Qwen2.5-VL)."""
+    import json
+    import subprocess
+    import sys
+
+    from test_vllm_plugin import MAX_TOKENS, TP_CONFIGS, TP_SCRIPT
+    from vllm import SamplingParams
+
+    requests = [_request(ARCH, _frames(1), c) for c in TP_CONFIGS]
+    single = llm.generate(requests, SamplingParams(max_tokens=MAX_TOKENS, temperature=0), use_tqdm=False)
+    script = tmp_path / "tp2.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[ARCH]), arch=ARCH))
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("TP2=")]
+    assert lines, run.stderr[-3000:]
+    double = json.loads(lines[-1][4:])
+    assert len(double) == len(single)
+    for one, (prompt, ids) in zip(single, double):
+        assert list(one.prompt_token_ids) == prompt
+        assert list(one.outputs[0].token_ids) == ids
