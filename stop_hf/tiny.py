@@ -125,7 +125,24 @@ def tiny_config(arch: str, servable: bool = False):
             # HF's Qwen3-VL always interleaves the T/H/W rotary slots; vLLM does only when the config says so (the
             # hub checkpoints do: `"mrope_interleaved": true`)
             config.text_config.rope_parameters["mrope_interleaved"] = True
+        if getattr(config, "model_type", "") == "qwen3_vl_moe":
+            _hub_moe_config(config.text_config)
     return config
+
+
+def _hub_moe_config(text: Any) -> None:
+    """Qwen3-VL-MoE text config fields as the hub's Qwen3-VL-30B-A3B config.json has them.
+
+    - `norm_topk_prob: true`: vLLM 0.32's Qwen3-MoE block reads it (vllm/model_executor/models/qwen3_moe.py:210,
+      `renormalize=config.norm_topk_prob`) and transformers' config class has no such field; HF's router always
+      renormalises the top-k weights (modeling_qwen3_vl_moe.py `Qwen3VLMoeTextTopKRouter.forward`), which is `true`.
+    - experts `moe_intermediate_size` neither `hidden_size` nor half of it: the checkpoint stores the fused experts in
+      the hub's transposed layout (`_hub_moe_layout`) and transformers transposes them back only when the shape
+      differs from its parameter's (conversion_mapping.py "qwen3_vl_moe": `Transpose(1, 2, check_dims=True)`); a
+      square expert matrix would load untransposed."""
+    text.norm_topk_prob = True
+    if text.moe_intermediate_size in (text.hidden_size, text.hidden_size // 2):
+        text.moe_intermediate_size = text.hidden_size * 3 // 2
 
 
 #: vLLM's CPU attention refuses head_dim 16 (`Unsupported CPU attention configuration`); 32 is served.
@@ -192,7 +209,39 @@ def save_tiny_checkpoint(
     processor.save_pretrained(path)
     if servable:
         _hub_weight_names(path)
+        if arch == "qwen3_vl_moe":
+            _hub_moe_layout(path)
     return path
+
+
+#: fused expert tensors: transformers 5.x holds gate_up_proj (E, 2I, H) and down_proj (E, H, I) and saves them so;
+#: the hub checkpoints (Qwen3-VL-30B-A3B) store them transposed, (E, H, 2I) and (E, I, H). vLLM 0.32 reads only the
+#: hub layout (vllm/model_executor/models/qwen3_vl_moe.py `Qwen3VLMoeDecoderLayer`: `is_fused_checkpoint_transposed=
+#: True`, so fused_moe/routed_experts.py `_orient_fused_weight` transposes, then chunks gate/up on dim 1);
+#: transformers 5.19 and 5.24 read both (conversion_mapping.py "qwen3_vl_moe": `Transpose(1, 2, check_dims=True)`).
+_MOE_FUSED = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
+
+
+def _hub_moe_layout(path: Path) -> None:
+    """Rewrites a Qwen3-VL-MoE checkpoint's fused experts in the hub's (transposed) layout, in place; the config
+    spells the expert count `num_experts` as the hub's does (transformers maps it to `num_local_experts`)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    for file in sorted(path.glob("*.safetensors")):
+        weights = load_file(file)
+        hub = {
+            name: value.transpose(1, 2).contiguous() if name.endswith(_MOE_FUSED) else value
+            for name, value in weights.items()
+        }
+        save_file(hub, file, metadata={"format": "pt"})
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    text = config["text_config"]
+    if "num_local_experts" in text:
+        text["num_experts"] = text.pop("num_local_experts")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _hub_weight_names(path: Path) -> None:

@@ -22,6 +22,7 @@ MODEL_CLASSES = {
     "Qwen2VLForConditionalGeneration": "StopQwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": "StopLlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "StopQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": "StopQwen3VLMoeForConditionalGeneration",
 }
 
 

@@ -37,6 +37,7 @@ SERVED_ARCHITECTURES = {
     "Qwen2VLForConditionalGeneration": "qwen2_vl",
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
     "Qwen3VLForConditionalGeneration": "qwen3_vl",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
 }
 #: 1-D position models: vLLM numbers the pruned prompt sequentially (HF's `compact`)
 ONE_D_ARCHITECTURES = ("llava_onevision",)

@@ -50,6 +50,10 @@ from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLMultiModalProcessor,
     Qwen3VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_vl_moe import (
+    Qwen3VLMoeForConditionalGeneration,
+    Qwen3VLMoeProcessingInfo,
+)
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
@@ -624,6 +628,25 @@ class StopQwen3VLForConditionalGeneration(_StopQwen3Mixin, Qwen3VLForConditional
     pass
 
 
+# ------------------------------------------------------------------ Qwen3-VL-MoE
+class StopQwen3VLMoeProcessor(StopQwen3VLProcessor):
+    """The dense model's processor (vLLM registers Qwen3VLMultiModalProcessor for the MoE model too); `arch` selects
+    the MoE adapter's serving rules (the same per-temporal-patch groups)."""
+
+    arch = "qwen3_vl_moe"
+
+
+# vLLM's own registration (vllm/model_executor/models/qwen3_vl_moe.py): the Qwen3-VL processor and dummy inputs
+# with the MoE processing info (it reads Qwen3VLMoeConfig). The vision tower, deepstack, positions and processing are
+# the dense model's; only the LLM's MLP is sparse (per-token routing, no capacity limit), so the dense mixin applies
+# unchanged, TP included: the tower's heads are sharded as in the dense model and the signals all-reduced the same.
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen3VLMoeProcessor, info=Qwen3VLMoeProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class StopQwen3VLMoeForConditionalGeneration(_StopQwen3Mixin, Qwen3VLMoeForConditionalGeneration):
+    pass
+
+
 # ------------------------------------------------------------------ LLaVA-OneVision
 @MULTIMODAL_REGISTRY.register_processor(
     StopLlavaOnevisionProcessor,
@@ -748,4 +771,5 @@ assert set(SERVED_ARCHITECTURES) == {
     "Qwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration",
 }
