@@ -15,7 +15,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-PLACEHOLDER = {"qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>", "llava_onevision": "<video>"}
+_QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+PLACEHOLDER = {
+    "qwen2_5_vl": _QWEN_VIDEO,
+    "qwen2_vl": _QWEN_VIDEO,
+    "qwen3_vl": _QWEN_VIDEO,
+    "qwen3_vl_moe": _QWEN_VIDEO,
+    "llava_onevision": "<video>",
+}
+#: frame side in pixels: a whole number of merged patches (Qwen2/2.5: 28 px, Qwen3: 32 px; SigLIP 384)
+FRAME_SIDE = {
+    "qwen2_5_vl": 336,
+    "qwen2_vl": 336,
+    "qwen3_vl": 384,
+    "qwen3_vl_moe": 384,
+    "llava_onevision": 384,
+}
 PROMPT = "<|im_start|>user\n{video}what happens ?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -47,6 +62,8 @@ def run(
     model: str | None = None,
     out: str | None = None,
 ) -> list[dict[str, Any]]:
+    if arch not in PLACEHOLDER:
+        raise ValueError(f"--arch {arch!r} is not benched; allowed: {sorted(PLACEHOLDER)}")
     from vllm import LLM, SamplingParams
 
     if device.startswith("cuda"):
@@ -68,7 +85,7 @@ def run(
         **engine_kwargs,
     )
     startup = time.perf_counter() - started
-    side = 336 if arch == "qwen2_5_vl" else 384
+    side = FRAME_SIDE[arch]
     videos = [_video(arch, frames, side, seed) for seed in range(requests)]
     params = SamplingParams(max_tokens=1, temperature=0)
     rows = []
