@@ -41,13 +41,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--count-rule", default="exact", choices=["shape", "exact"], help="vllm")
     parser.add_argument("--requests", type=int, default=8, help="vllm: videos per batch")
+    parser.add_argument("--model", default=None, help="vllm: a checkpoint of --arch (instead of --shape)")
     parser.add_argument(
-        "--model", default=None, help="vllm: checkpoint (default on CPU: the tiny servable one)"
+        "--shape",
+        default=None,
+        choices=["tiny", "real"],
+        help="vllm: the tiny checkpoint (CPU default) or the real widths at --depth/--vision-depth with random "
+        "weights (GPU default)",
     )
     parser.set_defaults(func=run)
 
 
-def _depth(value: str | None, default: int | str) -> int | str:
+def depth_setting(value: str | None, default: int | str) -> int | str:
+    """A --depth / --vision-depth value: None -> `default`, "full", or a layer count."""
     if value is None:
         return default
     return "full" if value == "full" else int(value)
@@ -86,8 +92,15 @@ def run(args: argparse.Namespace) -> int:
 
     check_settings(args)
     if args.engine == "vllm":
-        from ..vllm.bench import run_from_args
+        from ..vllm.bench import PLACEHOLDER, run_from_args
+        from . import CliError
 
+        if args.arch not in PLACEHOLDER:
+            raise CliError(
+                f"--engine vllm --arch {args.arch!r} is not served; allowed: {sorted(PLACEHOLDER)}"
+            )
+        if args.shape is not None and args.model is not None:
+            raise CliError("--shape and --model are exclusive: --model benches that checkpoint")
         return run_from_args(args)
 
     gpu = args.device.startswith("cuda")
@@ -97,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         retentions=tuple(args.retention),
         methods=tuple(args.methods),
         sinks={"both": (False, True), "on": (True,), "off": (False,)}[args.sink],
-        vision_layers=_depth(args.vision_depth, "full" if gpu else 1),
-        llm_layers=_depth(args.depth, "full" if gpu else 2),
+        vision_layers=depth_setting(args.vision_depth, "full" if gpu else 1),
+        llm_layers=depth_setting(args.depth, "full" if gpu else 2),
         device=args.device,
         dtype=args.dtype or ("bf16" if gpu else "fp32"),
         repeats=args.repeats,

@@ -51,6 +51,39 @@ def _video(arch: str, frames: int, side: int, seed: int) -> Any:
     return clip, meta
 
 
+#: text-config keys the tiny tokenizer fixes (a real-shape config keeps the tiny checkpoint's values)
+_TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def real_shape_checkpoint(
+    arch: str, folder: str | Path, vision_layers: int | str = "full", llm_layers: int | str = "full"
+) -> Path:
+    """A model folder with `arch`'s real widths (stop_hf.bench SHAPES: the 7B/8B checkpoints'), the given depths
+    ("full": the real depth) and the tiny checkpoint's tokenizer, processor and token ids, but no weights: vLLM's
+    `load_format="dummy"` fills them with random values, so no checkpoint has to be downloaded or written."""
+    from stop_hf.bench import SHAPES, build_config
+    from stop_hf.tiny import save_tiny_checkpoint
+
+    folder = save_tiny_checkpoint(Path(folder), arch)
+    for weights in folder.glob("*.safetensors*"):
+        weights.unlink()
+    shape = SHAPES[arch]
+    vision = shape.vision["layers"] if vision_layers == "full" else int(vision_layers)
+    llm = shape.llm.layers if llm_layers == "full" else int(llm_layers)
+    real = build_config(arch, vision, llm).to_dict()
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["vision_config"] = {**config["vision_config"], **real["vision_config"]}
+    tiny_text = config["text_config"]
+    text = {**tiny_text, **{k: v for k, v in real["text_config"].items() if k not in _TOKENIZER_KEYS}}
+    if "rope_parameters" in tiny_text and "rope_parameters" in real["text_config"]:
+        # the servable tiny config's layout flags (Qwen3-VL's mrope_interleaved) stay: vLLM reads them
+        text["rope_parameters"] = {**tiny_text["rope_parameters"], **real["text_config"]["rope_parameters"]}
+    config["text_config"] = text
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
 def run(
     arch: str = "qwen2_5_vl",
     configs: tuple[str, ...] = ("visionzip_stop_r25", "visionzip_stop_r10"),
@@ -61,20 +94,36 @@ def run(
     device: str = "cpu",
     model: str | None = None,
     out: str | None = None,
+    shape: str | None = None,
+    vision_layers: int | str = "full",
+    llm_layers: int | str = "full",
 ) -> list[dict[str, Any]]:
+    """`shape`: "tiny" (the tiny servable checkpoint; default on CPU), "real" (the real widths at the given depths,
+    random weights through vLLM's `load_format="dummy"`; default on GPU without `model`) or None (`model`)."""
     if arch not in PLACEHOLDER:
         raise ValueError(f"--arch {arch!r} is not benched; allowed: {sorted(PLACEHOLDER)}")
+    gpu = device.startswith("cuda")
+    if shape is None and model is None:
+        shape = "real" if gpu else "tiny"
+    if shape not in (None, "tiny", "real"):
+        raise ValueError(f"--shape {shape!r} is not allowed; allowed: tiny, real")
+    if shape is not None and model is not None:
+        raise ValueError(f"--shape {shape} and --model are exclusive: --model benches that checkpoint")
     from vllm import LLM, SamplingParams
 
-    if device.startswith("cuda"):
-        if model is None:
-            raise ValueError("--device cuda needs --model (a real checkpoint of --arch)")
-        engine_kwargs: dict[str, Any] = {"dtype": "bfloat16"}
-    else:
+    engine_kwargs: dict[str, Any] = (
+        {"dtype": "bfloat16"}
+        if gpu
+        else {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 29}
+    )
+    folder = Path(tempfile.mkdtemp(prefix="stop_hf_vllm_bench_")) / arch
+    if shape == "real":
+        model = str(real_shape_checkpoint(arch, folder, vision_layers, llm_layers))
+        engine_kwargs["load_format"] = "dummy"
+    elif shape == "tiny":
         from stop_hf.tiny import save_tiny_checkpoint
 
-        model = model or str(save_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="stop_hf_vllm_bench_")), arch))
-        engine_kwargs = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 29}
+        model = str(save_tiny_checkpoint(folder, arch))
     started = time.perf_counter()
     llm = LLM(
         model=model,
@@ -120,7 +169,21 @@ def run(
     base = rows[0]["seconds"]
     for row in rows:
         row["speedup"] = round(base / row["seconds"], 3)
-    result = {"arch": arch, "device": device, "frames": frames, "startup_s": round(startup, 1), "rows": rows}
+    result = {
+        "arch": arch,
+        "device": device,
+        "frames": frames,
+        "startup_s": round(startup, 1),
+        "model": model
+        if shape is None
+        else f"{shape} shape"
+        + (
+            f" (vision layers {vision_layers}, LLM layers {llm_layers}, random weights)"
+            if shape == "real"
+            else ""
+        ),
+        "rows": rows,
+    }
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "vllm_bench.json").write_text(json.dumps(result, indent=2))
@@ -131,7 +194,8 @@ def run(
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"vLLM, {result['arch']}, {result['device']}, {result['frames']} frames/video, start-up {result['startup_s']} s",
+        f"vLLM, {result['arch']}, {result.get('model', '')}, {result['device']}, {result['frames']} frames/video, "
+        f"start-up {result['startup_s']} s",
         "",
         "| config | prompt tokens | requests/s | prompt tokens/s | speed-up |",
         "|---|---|---|---|---|",
@@ -153,13 +217,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", default=None, help="checkpoint (default on CPU: the tiny servable one)")
+    parser.add_argument("--model", default=None, help="a checkpoint of --arch (instead of --shape)")
+    parser.add_argument(
+        "--shape",
+        default=None,
+        choices=["tiny", "real"],
+        help="tiny checkpoint (CPU default) or real widths with random weights (GPU default)",
+    )
+    parser.add_argument(
+        "--depth", default=None, help="--shape real: LLM layers, N or 'full' (default: 2 on CPU, full on GPU)"
+    )
+    parser.add_argument(
+        "--vision-depth",
+        default=None,
+        help="--shape real: vision layers, N or 'full' (default: 1 on CPU, full on GPU)",
+    )
     parser.add_argument("--out", default="bench_out")
     return run_from_args(parser.parse_args(argv))
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Runs the bench from parsed `stop-hf bench --engine vllm` arguments."""
+    """Runs the bench from parsed `stop-hf bench --engine vllm` arguments (the same depth defaults as the HF bench:
+    1 vision + 2 LLM layers on CPU, full depth on GPU)."""
+    from stop_hf.cli.bench import depth_setting
+
+    gpu = args.device.startswith("cuda")
     run(
         args.arch,
         tuple(args.configs),
@@ -170,6 +252,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         args.device,
         args.model,
         args.out,
+        args.shape,
+        vision_layers=depth_setting(args.vision_depth, "full" if gpu else 1),
+        llm_layers=depth_setting(args.depth, "full" if gpu else 2),
     )
     return 0
 
