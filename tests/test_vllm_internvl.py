@@ -199,3 +199,28 @@ def test_content_dependent_method_and_compact_are_refused_per_request(llm):
         llm.generate([_request(_frames(8), compact)], use_tqdm=False)
     (out,), _, _ = _generate(llm, [_request(_frames(8), {"method": "uniform", "retention": 0.5})])
     assert out.outputs[0].token_ids  # the engine still serves
+
+
+@serving
+def test_position_bookkeeping_only_with_a_stop_config(checkpoint):
+    """Start-up: a stop config turns on vLLM's per-request positions (an M-RoPE section on the top-level config only:
+    the LLM's rope stays 1-D); without one the engine config is vLLM's own."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    def config(**kwargs):
+        args = EngineArgs(
+            model=str(checkpoint), enforce_eager=True, dtype="float32", max_model_len=4096, **kwargs
+        )
+        return args.create_engine_config()
+
+    plain = config()
+    assert not plain.model_config.uses_mrope and not hasattr(plain.model_config.hf_config, "mrope_section")
+    pruned = config(additional_config={"stop_config": "visionzip_stop_r25"})
+    assert pruned.model_config.uses_mrope and pruned.model_config.mrope_num_dims == 3
+    assert "mrope_section" not in (pruned.model_config.hf_config.text_config.rope_parameters or {})
+    with pytest.raises(StopConfigError, match="position_mode='compact'"):
+        config(
+            additional_config={
+                "stop_config": {"method": "uniform", "retention": 0.5, "position_mode": "compact"}
+            }
+        )
