@@ -21,7 +21,12 @@ from stop_hf.vllm.counts import SERVED_ARCHITECTURES, frame_counts, serve_option
 ARCH = "internvl"
 SIDE = 16  # 448 px / 14 px patches / 2x2 pixel shuffle
 FRAMES = 4
-FIXED = [{"method": "uniform", "retention": 0.25}, "visionzip_baseline_r25", "visionzip_stop_r25"]
+FIXED = [
+    {"method": "uniform", "retention": 0.25},
+    {"method": "random", "retention": 0.25},
+    "visionzip_baseline_r25",
+    "visionzip_stop_r25",
+]
 LOGPROB_ATOL = 1e-3
 
 
