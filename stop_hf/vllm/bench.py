@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 PLACEHOLDER = {"qwen2_5_vl": "<|vision_start|><|video_pad|><|vision_end|>", "llava_onevision": "<video>"}
+PLACEHOLDER["internvl"] = "<video>"  # vLLM writes one `Frame{i}: <img>...</img>` group per frame
 PROMPT = "<|im_start|>user\n{video}what happens ?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -23,7 +24,7 @@ def _video(arch: str, frames: int, side: int, seed: int) -> Any:
     import numpy as np
 
     clip = (np.random.default_rng(seed).random((frames, side, side, 3)) * 255).astype("uint8")
-    if arch == "llava_onevision":
+    if arch in ("llava_onevision", "internvl"):
         return clip
     meta = {
         "total_num_frames": frames,
