@@ -207,7 +207,7 @@ def save_tiny_checkpoint(
         processor.image_processor.image_mean = list(processor.video_processor.image_mean)
         processor.image_processor.image_std = list(processor.video_processor.image_std)
     processor.save_pretrained(path)
-    if servable:
+    if servable and arch != "internvl":  # InternViT's names (`vision_tower.encoder.*`) are the hub's already
         _hub_weight_names(path)
         if arch == "qwen3_vl_moe":
             _hub_moe_layout(path)

@@ -13,7 +13,7 @@ import functools
 import json
 from typing import Any
 
-from .counts import CONFIG_KEY, RULE_KEY, SERVED_ARCHITECTURES, serve_options
+from .counts import CONFIG_KEY, ORIGINAL_1D_ARCHITECTURES, RULE_KEY, SERVED_ARCHITECTURES, serve_options
 
 _MODELS = "stop_hf.vllm.models"
 #: vLLM class name -> our subclass (in stop_hf.vllm.models)
@@ -23,6 +23,7 @@ MODEL_CLASSES = {
     "LlavaOnevisionForConditionalGeneration": "StopLlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "StopQwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration": "StopQwen3VLMoeForConditionalGeneration",
+    "InternVLForConditionalGeneration": "StopInternVLForConditionalGeneration",
 }
 
 
@@ -98,6 +99,12 @@ def check_engine_config(vllm_config: Any) -> None:
         raise StopServeError(
             "pipeline_parallel_size > 1 is not supported with stop_config; use tensor parallelism"
         )
+    if SERVED_ARCHITECTURES[arch] in ORIGINAL_1D_ARCHITECTURES:
+        # vLLM numbers a 1-D prompt sequentially; HF's original positions leave gaps where tokens were dropped. vLLM
+        # keeps per-request positions (prefill from the model's get_mrope_input_positions, decode at + delta) only
+        # for configs that declare an M-RoPE section: declared on the top-level config only, so the LLM's own rotary
+        # embedding (built from text_config) is unchanged; the model feeds it row 0 (stop_hf.vllm.models)
+        model.hf_config.mrope_section = [1, 1, 1]
     # the processor reads the engine-wide default from the multimodal processor kwargs (a request's own
     # mm_processor_kwargs override it); validated values only
     mm.mm_processor_kwargs = {

@@ -22,6 +22,7 @@ PLACEHOLDER = {
     "qwen3_vl": _QWEN_VIDEO,
     "qwen3_vl_moe": _QWEN_VIDEO,
     "llava_onevision": "<video>",
+    "internvl": "<video>",  # vLLM writes one `Frame{i}: <img>...</img>` group per frame
 }
 #: frame side in pixels: a whole number of merged patches (Qwen2/2.5: 28 px, Qwen3: 32 px; SigLIP 384)
 FRAME_SIDE = {
@@ -30,6 +31,7 @@ FRAME_SIDE = {
     "qwen3_vl": 384,
     "qwen3_vl_moe": 384,
     "llava_onevision": 384,
+    "internvl": 448,
 }
 PROMPT = "<|im_start|>user\n{video}what happens ?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -38,7 +40,7 @@ def _video(arch: str, frames: int, side: int, seed: int) -> Any:
     import numpy as np
 
     clip = (np.random.default_rng(seed).random((frames, side, side, 3)) * 255).astype("uint8")
-    if arch == "llava_onevision":
+    if arch in ("llava_onevision", "internvl"):
         return clip
     meta = {
         "total_num_frames": frames,

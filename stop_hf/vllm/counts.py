@@ -38,11 +38,16 @@ SERVED_ARCHITECTURES = {
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
     "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
+    "InternVLForConditionalGeneration": "internvl",
 }
 #: 1-D position models: vLLM numbers the pruned prompt sequentially (HF's `compact`)
 ONE_D_ARCHITECTURES = ("llava_onevision",)
 #: one `<t seconds><|vision_start|>...<|vision_end|>` group per temporal patch: the prompt fixes every frame's count
-PER_FRAME_ARCHITECTURES = ("qwen3_vl", "qwen3_vl_moe")
+PER_FRAME_ARCHITECTURES = ("qwen3_vl", "qwen3_vl_moe", "internvl")
+#: 1-D position models served at HF's `original` positions: the plugin turns on vLLM's per-request position
+#: bookkeeping (M-RoPE's, all three rows equal) and the LLM reads row 0 (InternVL: `Frame{i}:` labels separate the
+#: groups, so HF refuses `compact` there)
+ORIGINAL_1D_ARCHITECTURES = ("internvl",)
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,13 @@ def serve_options(stop_config: Any, count_rule: Any = None, arch: str = "qwen2_5
                 "the pruned prompt sequentially); allowed here: compact"
             )
         mode = "compact"
+    elif arch in ORIGINAL_1D_ARCHITECTURES:
+        if mode == "compact":
+            raise StopConfigError(
+                f"stop_config.position_mode='compact' is not supported for {arch} (its frame groups are separated by "
+                "text, as in the HF patch); allowed: auto, original"
+            )
+        mode = "original"
     else:
         if mode == "compact":
             raise StopConfigError(
@@ -114,7 +126,7 @@ def serve_options(stop_config: Any, count_rule: Any = None, arch: str = "qwen2_5
         mode = "original"
     if not config.is_identity and config.method in CONTENT_COUNT_METHODS and rule != "exact":
         per_frame = (
-            f" ({arch}'s prompt fixes each temporal patch's count: the budget is split per temporal patch)"
+            f" ({arch}'s prompt fixes each frame's (temporal patch's) count: the budget is split per temporal patch)"
             if arch in PER_FRAME_ARCHITECTURES
             else ""
         )

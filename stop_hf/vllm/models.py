@@ -26,6 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 from vllm.distributed import get_tensor_model_parallel_world_size, tensor_model_parallel_all_reduce
+from vllm.model_executor.models.interns1 import (
+    InternS1DummyInputsBuilder,
+    InternS1ForConditionalGeneration,
+    InternS1MultiModalProcessor,
+    InternS1ProcessingInfo,
+)
 from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionDummyInputsBuilder,
     LlavaOnevisionForConditionalGeneration,
@@ -56,7 +62,7 @@ from vllm.model_executor.models.qwen3_vl_moe import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
-from vllm.multimodal.processing import PromptReplacement
+from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from ..pruners import PruneInput
 from ..signals import attention_received, head_mean_keys, segment_attention_received, unpermute_merge_units
@@ -766,10 +772,237 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
         return handles
 
 
+# ------------------------------------------------------------------ InternVL (HF format, served by vLLM's InternS1)
+class StopInternVLProcessor(_StopProcessorMixin, InternS1MultiModalProcessor):
+    """InternVL: one `Frame{i}: <img> <video> x k_i </img>` group per frame, each with the count its frame keeps
+    (`frame_counts`); the labels and wrappers stay, as in the HF patch (patches/internvl.py)."""
+
+    arch = "internvl"
+
+    @staticmethod
+    def _stop_num_videos(outputs) -> int:
+        frames = outputs.get("video_num_patches")
+        return 0 if frames is None else len(frames)
+
+    def _stop_video_replacement(self, original, mm_items, out_mm_kwargs, item_idx: int):
+        details = original(item_idx)
+        item = out_mm_kwargs["video"][item_idx]
+        if FIELD not in item:
+            return details
+        options = ServeOptions.decode(item[FIELD].data)
+        frames = int(item["video_num_patches"].data)
+        side = _internvl_side(self.info.get_hf_config())
+        counts = torch.tensor(frame_counts(options, frames, (side, side)))
+        if bool((counts == 0).any()):
+            raise ValueError(
+                f"stop-hf: {options.config.method} keeps no token of some frame ({counts.tolist()}); InternVL's prompt "
+                "in vLLM needs at least one per frame: raise stop_config.retention"
+            )
+        video_token_id = int(item["video_token_id"].data)
+        full = torch.tensor(details.full)
+        # vLLM's own group text (labels, wrappers); each group's first k_t placeholders stay
+        placeholder = full == video_token_id
+        rank = placeholder.long().cumsum(0) - 1
+        keep = ~placeholder | (rank % (side * side) < counts[(rank // (side * side)).clamp(0, frames - 1)])
+        return PromptUpdateDetails.select_token_id(full[keep].tolist(), video_token_id)
+
+
+def _internvl_side(config: Any) -> int:
+    """LLM tokens per frame side: 448 px / 14 px patches / the 2x2 pixel shuffle = 16."""
+    image, patch = config.vision_config.image_size, config.vision_config.patch_size
+    image = image if isinstance(image, int) else image[0]
+    patch = patch if isinstance(patch, int) else patch[0]
+    return int(image // patch * config.downsample_ratio)
+
+
+def _block_mean(values: torch.Tensor, side: int) -> torch.Tensor:
+    """(T, (2 side)^2, ...) patch values in raster order -> (T, side^2, ...): the mean over each 2x2 block, the patches
+    one pixel-shuffled token fuses (the HF patch's `patches/internvl.py:_block_mean`, same order)."""
+    frames, rest = values.shape[0], values.shape[2:]
+    return (
+        values.reshape(frames, side, 2, side, 2, *rest).mean(dim=(2, 4)).reshape(frames, side * side, *rest)
+    )
+
+
+class _OneDPositions:
+    """Below `_StopModelMixin` in the MRO: vLLM hands the (3, N) positions of its M-RoPE bookkeeping (rows equal, the
+    encoder's offsets already added); the 1-D LLM reads row 0."""
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        if positions.dim() == 2:
+            positions = positions[0]
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)  # type: ignore[misc]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopInternVLProcessor, info=InternS1ProcessingInfo, dummy_inputs=InternS1DummyInputsBuilder
+)
+class StopInternVLForConditionalGeneration(_StopModelMixin, _OneDPositions, InternS1ForConditionalGeneration):
+    """InternVL (`InternVLForConditionalGeneration`, which vLLM serves with its InternS1 class). Frames are 448x448
+    images: InternViT (CLS + 32x32 patches) and a 2x2 pixel shuffle give 16x16 tokens per frame.
+
+    Signals: the InternViT layer's attention (default: the last, whose output vLLM's features are), recomputed from its
+    normed q/k in a pre-hook on the layer's attention kernel, CLS dropped, averaged per 2x2 block; `attention_patches`
+    1025 (the HF patch's mu_s rule). InternViT is not sharded by tensor parallelism (every rank holds all heads), so
+    every rank computes the same signals. Positions: HF's original 1-D positions. With a stop config the engine keeps
+    per-request positions (`check_engine_config` declares an M-RoPE section on the top-level config): each group's
+    placeholders sit at the group's original first position, the encoder's offsets (n within the frame) are added in
+    `forward`, text after a group keeps its original position and decoding continues after the unpruned numbering."""
+
+    supports_mrope = True  # vLLM's per-request position bookkeeping; only turned on by a stop config
+    per_frame_counts = True
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._stop_setup(vllm_config)
+        self._stop_side = _internvl_side(self.config)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """(3, L) equal rows: the unpruned prompt's 1-D numbering (HF's original positions), with each pruned group's
+        placeholders at its first original position; and the decode delta (max + 1 - L)."""
+        n = self._stop_side**2
+        starts, counts = [], []
+        for feature in mm_features:
+            if feature.modality != "video" or FIELD not in feature.data:
+                continue
+            options = ServeOptions.decode(feature.data[FIELD].data)
+            if not options.active:  # unpruned: vLLM's own numbering (the encoder adds no offsets)
+                continue
+            frames = int(feature.data["video_num_patches"].data)
+            placed = feature.mm_position
+            embeds = (
+                np.arange(placed.length) if placed.is_embed is None else placed.is_embed.nonzero().numpy()
+            )
+            embeds = embeds.reshape(-1) + placed.offset
+            kept = np.asarray(frame_counts(options, frames, (self._stop_side, self._stop_side)))
+            starts.append(embeds[np.concatenate([[0], np.cumsum(kept)[:-1]])])
+            counts.append(kept)
+        length = len(input_tokens)
+        positions = np.arange(length, dtype=np.int64)
+        if starts:
+            start, kept = np.concatenate(starts), np.concatenate(counts)
+            order = np.argsort(start)
+            start, kept = start[order], kept[order]
+            dropped = np.cumsum(n - kept)  # tokens dropped up to and including each group
+            after = np.searchsorted(
+                start + kept, positions, side="right"
+            )  # groups ending at or before each token
+            positions = positions + np.concatenate([[0], dropped])[after]
+            group = np.repeat(
+                np.arange(start.size), kept
+            )  # every placeholder: its group's first original position
+            members = start[group] + np.arange(group.size) - np.repeat(np.cumsum(kept) - kept, kept)
+            positions[members] = start[group] + np.concatenate([[0], dropped[:-1]])[group]
+        following = int(positions.max()) + 1 if length else 0
+        return torch.from_numpy(np.broadcast_to(positions, (3, length)).copy()), following - length
+
+    def embed_multimodal(self, **kwargs: object):
+        if self._stop_defaults is None:
+            return super().embed_multimodal(**kwargs)
+        frames = kwargs.get("video_num_patches")
+        videos = 0 if frames is None else len(frames)
+        options = _options_per_video(kwargs, videos)  # type: ignore[arg-type]
+        out: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
+            if modality == "images" and inputs is not None:
+                out += tuple(append_positions(e, None) for e in self._process_vision_input(inputs))
+            if modality == "videos" and inputs is not None:
+                out += tuple(self._stop_videos(inputs, options))
+        return out
+
+    def _stop_videos(self, inputs: Any, options: list[ServeOptions | None]) -> list[torch.Tensor]:
+        if inputs["type"] != "pixel_values_videos":
+            if any(opt is not None and opt.active for opt in options):
+                raise ValueError(
+                    "stop-hf: pre-computed video embeddings cannot be pruned (no encoder signals)"
+                )
+            return [append_positions(e, None) for e in inputs["data"]]
+        active = [opt for opt in options if opt is not None and opt.active]
+        needs: set[str] = set()
+        for opt in active:
+            needs |= set(opt.config.build_pruner().needs)
+            if opt.config.saliency_source != "encoder":
+                raise ValueError("stop_config.saliency_source: only 'encoder' is served by the vLLM plugin")
+        layers = self.vision_tower.encoder.layer
+        configured = {opt.config.saliency_layer for opt in active}
+        if len(configured) > 1:
+            raise ValueError(
+                f"stop-hf: videos of one batch ask for different saliency layers {sorted(configured)}"
+            )
+        layer = next(iter(configured), None)
+        if layer is not None and not -len(layers) <= layer < len(layers):
+            raise ValueError(
+                f"stop_config.saliency_layer={layer} must be in [-{len(layers)}, {len(layers) - 1}] (InternViT layers)"
+            )
+        index = len(layers) - 1 if layer is None else layer % len(layers)
+        captured: dict[str, torch.Tensor] = {}
+        handles = self._stop_hooks(layers[index].attention, needs, captured) if needs else []
+        try:
+            embeds = self._process_vision_input(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        side = self._stop_side
+        signals: dict[str, torch.Tensor] = {}
+        for name in ("attention", "keys"):
+            if name in captured:
+                signals[name] = _block_mean(captured[name][:, 1:], side)  # CLS dropped, as the features
+        if "hidden" in captured:
+            signals["global_features"] = captured["hidden"][:, 1:].mean(dim=1)
+        frames = [int(t) for t in inputs["num_patches"]]
+        out, start = [], 0
+        for v, (count, features) in enumerate(zip(frames, embeds)):
+            per_video = {k: s[start : start + count] for k, s in signals.items()}
+            per_video["attention_patches"] = (2 * side) ** 2 + 1  # the keys of one softmax, CLS included
+            start += count
+            features = features.reshape(-1, features.shape[-1])
+            kept, kept_index = self._stop_prune_video(options[v], features, count, (side, side), per_video)
+            if kept_index is None:
+                out.append(append_positions(kept, None))
+                continue
+            expected = frame_counts(options[v], count, (side, side))
+            if kept_frame_counts(kept_index, count, side * side) != expected:
+                raise RuntimeError(
+                    f"stop-hf: {options[v].config.method} kept other per-frame counts than {expected}"
+                )
+            within = (kept_index % (side * side))[:, None].expand(
+                -1, 3
+            )  # offset from the group's first position
+            out.append(append_positions(kept, within))
+        return out
+
+    def _stop_hooks(self, attention: Any, needs: set[str], captured: dict[str, torch.Tensor]) -> list[Any]:
+        inner = attention.attn  # MMEncoderAttention(q, k, v): q/k projected and normed, (B, S, heads * dh)
+        heads = attention.num_heads
+        handles = []
+        if needs & {"attention", "keys"}:
+
+            def attention_hook(module, args, kwargs):
+                query = kwargs.get("query", args[0] if args else None)
+                key = kwargs.get("key", args[1] if len(args) > 1 else None)
+                b, s = query.shape[:2]
+                q = query.reshape(b, s, heads, -1).transpose(1, 2)
+                k = key.reshape(b, s, heads, -1).transpose(1, 2)
+                if "attention" in needs:
+                    captured["attention"] = attention_received(q, k, attention.scale)
+                if "keys" in needs:
+                    captured["keys"] = head_mean_keys(k)
+
+            handles.append(inner.register_forward_pre_hook(attention_hook, with_kwargs=True))
+        if "global_features" in needs:
+
+            def tower_hook(module, args, output):
+                captured["hidden"] = output.detach().float()
+
+            handles.append(self.vision_tower.register_forward_hook(tower_hook))
+        return handles
+
+
 assert set(SERVED_ARCHITECTURES) == {
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen2VLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration",
+    "InternVLForConditionalGeneration",
 }
