@@ -34,7 +34,7 @@ import torch
 from stop_hf import compat
 from stop_hf.hooks import StopState, StopUnsupportedError, VideoRecord
 from stop_hf.siglip_head import refuse_map_head
-from stop_hf.signals import attention_received, head_mean_keys, signal_dtype
+from stop_hf.signals import attention_received, block_mean_2x2, head_mean_keys, signal_dtype
 
 from . import register_architecture
 from .base import ArchAdapter, SignalBuffer
@@ -54,16 +54,6 @@ class InternVLCapturePlan:
     side: int
     cls: bool
     tokens: int
-
-
-def _block_mean(values: torch.Tensor, side: int) -> torch.Tensor:
-    """(T, side*side, ...) patch values in raster order -> (T, (side/2)^2, ...): the mean over each 2x2 block, in the
-    order InternVL's pixel shuffle emits its tokens (token (i, j) fuses patch rows 2i, 2i+1 and columns 2j, 2j+1;
-    transformers `InternVLModel.pixel_shuffle`)."""
-    frames, rest = values.shape[0], values.shape[2:]
-    half = side // 2
-    blocks = values.reshape(frames, half, 2, half, 2, *rest)
-    return blocks.mean(dim=(2, 4)).reshape(frames, half * half, *rest)
 
 
 def _capture_layer_attention(
@@ -198,9 +188,9 @@ class InternVLAdapter(ArchAdapter):
         start = 1 if plan.cls else 0
         attention = keys = global_features = None
         if buffer.attention:
-            attention = _block_mean(buffer.attention[-1][:, start:], plan.side)
+            attention = block_mean_2x2(buffer.attention[-1][:, start:], plan.side)
         if buffer.keys:
-            keys = _block_mean(buffer.keys[-1][:, start:], plan.side)
+            keys = block_mean_2x2(buffer.keys[-1][:, start:], plan.side)
         if "global_features" in plan.needs:
             global_features = compat.last_hidden_state(output)[:, start:].detach().float().mean(dim=1)
 

@@ -95,3 +95,13 @@ def unpermute_merge_units(values: torch.Tensor, window_index: torch.Tensor, unit
     """
     merged = values.reshape(values.shape[0] // unit, unit, *values.shape[1:]).mean(dim=1)
     return merged[torch.argsort(window_index.to(values.device))]
+
+
+def block_mean_2x2(values: torch.Tensor, side: int) -> torch.Tensor:
+    """(T, side*side, ...) patch values in raster order -> (T, (side/2)^2, ...): the mean over each 2x2 block, in the
+    order InternVL's pixel shuffle emits its tokens (token (i, j) fuses patch rows 2i, 2i+1 and columns 2j, 2j+1;
+    transformers `InternVLModel.pixel_shuffle`)."""
+    frames, rest = values.shape[0], values.shape[2:]
+    half = side // 2
+    blocks = values.reshape(frames, half, 2, half, 2, *rest)
+    return blocks.mean(dim=(2, 4)).reshape(frames, half * half, *rest)

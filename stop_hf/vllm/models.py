@@ -65,7 +65,13 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from ..pruners import PruneInput
-from ..signals import attention_received, head_mean_keys, segment_attention_received, unpermute_merge_units
+from ..signals import (
+    attention_received,
+    block_mean_2x2,
+    head_mean_keys,
+    segment_attention_received,
+    unpermute_merge_units,
+)
 from .counts import (
     CONFIG_KEY,
     CONTENT_COUNT_METHODS,
@@ -815,15 +821,6 @@ def _internvl_side(config: Any) -> int:
     return int(image // patch * config.downsample_ratio)
 
 
-def _block_mean(values: torch.Tensor, side: int) -> torch.Tensor:
-    """(T, (2 side)^2, ...) patch values in raster order -> (T, side^2, ...): the mean over each 2x2 block, the patches
-    one pixel-shuffled token fuses (the HF patch's `patches/internvl.py:_block_mean`, same order)."""
-    frames, rest = values.shape[0], values.shape[2:]
-    return (
-        values.reshape(frames, side, 2, side, 2, *rest).mean(dim=(2, 4)).reshape(frames, side * side, *rest)
-    )
-
-
 class _OneDPositions:
     """Below `_StopModelMixin` in the MRO: vLLM hands the (3, N) positions of its M-RoPE bookkeeping (rows equal, the
     encoder's offsets already added); the 1-D LLM reads row 0."""
@@ -946,7 +943,9 @@ class StopInternVLForConditionalGeneration(_StopModelMixin, _OneDPositions, Inte
         signals: dict[str, torch.Tensor] = {}
         for name in ("attention", "keys"):
             if name in captured:
-                signals[name] = _block_mean(captured[name][:, 1:], side)  # CLS dropped, as the features
+                signals[name] = block_mean_2x2(
+                    captured[name][:, 1:], 2 * side
+                )  # CLS dropped, as the features
         if "hidden" in captured:
             signals["global_features"] = captured["hidden"][:, 1:].mean(dim=1)
         frames = [int(t) for t in inputs["num_patches"]]
