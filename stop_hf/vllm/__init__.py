@@ -23,6 +23,8 @@ MODEL_CLASSES = {
     "LlavaOnevisionForConditionalGeneration": "StopLlavaOnevisionForConditionalGeneration",
     "Qwen3VLForConditionalGeneration": "StopQwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration": "StopQwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "StopQwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration": "StopQwen3_5MoeForConditionalGeneration",
 }
 
 
