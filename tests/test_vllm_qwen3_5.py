@@ -234,9 +234,9 @@ def test_two_configs_in_one_batch_equal_each_alone(served):
 def test_from_pretrained_with_loading_info_returns_the_pair_patched():
     """`output_loading_info=True` (used above) returns `(model, info)` through stop-hf's from_pretrained too, the
     model patched when a stop_config is given."""
-    import stop_hf
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    import stop_hf
     from stop_hf.tiny import tiny_checkpoint
 
     path = str(tiny_checkpoint("qwen2_5_vl"))
