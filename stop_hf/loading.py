@@ -359,14 +359,15 @@ def _kwarg_from_pretrained(owner: type) -> classmethod:
         config = _resolve_requested(requested, origin)  # a bad config fails here, before the weights load
         if config is not None:  # so does a config this architecture cannot run
             check_architecture(_adapter_for_class(cls), config, requested, origin)
-        model = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
+        loaded = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
+        model = _loaded_model(loaded)
         if config is not None:
             patch(model, config)
         else:
             # Unpruned (asked for, or nothing stored): the loaded config must not claim otherwise, so that
             # `save_pretrained` writes what the model does.
             model.config.__dict__.pop("stop_config", None)
-        return model
+        return loaded
 
     from_pretrained.__doc__ = (
         f"{owner.__name__}.from_pretrained, plus `stop_config=` (installed by `import stop_hf`): a preset name, "
@@ -395,11 +396,16 @@ def _backbone_from_pretrained(owner: type, pruned_class: str) -> classmethod:
                 UserWarning,
                 stacklevel=2,
             )
-        model = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
-        model.config.__dict__.pop("stop_config", None)
-        return model
+        loaded = compat.inherited_from_pretrained(owner, cls, *args, **kwargs)
+        _loaded_model(loaded).config.__dict__.pop("stop_config", None)
+        return loaded
 
     return classmethod(from_pretrained)
+
+
+def _loaded_model(loaded: Any) -> Any:
+    """The model of a `from_pretrained` result: `(model, loading_info)` with `output_loading_info=True`."""
+    return loaded[0] if isinstance(loaded, tuple) else loaded
 
 
 _KWARG_CLASSES: list[type] = []

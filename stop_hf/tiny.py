@@ -127,6 +127,11 @@ def tiny_config(arch: str, servable: bool = False):
             config.text_config.rope_parameters["mrope_interleaved"] = True
         if getattr(config, "model_type", "") == "qwen3_vl_moe":
             _hub_moe_config(config.text_config)
+        if getattr(config.text_config, "linear_key_head_dim", None) is not None:
+            # Qwen3.5's Gated-DeltaNet layers: vLLM's CPU kernel (`chunk_gated_delta_rule_cpu`) takes equal key and
+            # value head dims of 64 or 128 only ("Unexpected head dim size, 32")
+            config.text_config.linear_key_head_dim = SERVABLE_LINEAR_HEAD_DIM
+            config.text_config.linear_value_head_dim = SERVABLE_LINEAR_HEAD_DIM
     return config
 
 
@@ -147,6 +152,9 @@ def _hub_moe_config(text: Any) -> None:
 
 #: vLLM's CPU attention refuses head_dim 16 (`Unsupported CPU attention configuration`); 32 is served.
 SERVABLE_HEAD_DIM = 32
+#: Qwen3.5's linear-attention head dims: vLLM's CPU Gated-DeltaNet kernel is built for 64 and 128 (and runs in
+#: bfloat16 only: vllm/model_executor/layers/mamba/ops/cpu/gdn_attention.py:158 "CPU GDN attention requires BF16.")
+SERVABLE_LINEAR_HEAD_DIM = 64
 
 
 def _widen_text_heads(text: Any) -> None:
@@ -201,7 +209,7 @@ def save_tiny_checkpoint(
     path = Path(path)
     build_tiny_model(arch, seed, servable).save_pretrained(path)
     processor = build_processor(arch)
-    if servable and arch.startswith("qwen3_vl"):
+    if servable and arch.startswith(("qwen3_vl", "qwen3_5")):
         # vLLM normalises Qwen3-VL's pixels on the device with ONE mean/std for images and videos (the image
         # processor's); the hub checkpoints use 0.5/0.5 for both, as the video processor here does
         processor.image_processor.image_mean = list(processor.video_processor.image_mean)

@@ -24,6 +24,8 @@ MODEL_CLASSES = {
     "Qwen3VLForConditionalGeneration": "StopQwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration": "StopQwen3VLMoeForConditionalGeneration",
     "InternVLForConditionalGeneration": "StopInternVLForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "StopQwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration": "StopQwen3_5MoeForConditionalGeneration",
 }
 
 

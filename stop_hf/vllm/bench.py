@@ -21,6 +21,8 @@ PLACEHOLDER = {
     "qwen2_vl": _QWEN_VIDEO,
     "qwen3_vl": _QWEN_VIDEO,
     "qwen3_vl_moe": _QWEN_VIDEO,
+    "qwen3_5": _QWEN_VIDEO,  # tiny/real shapes need transformers >= 5.23 (--model: any checkpoint)
+    "qwen3_5_moe": _QWEN_VIDEO,
     "llava_onevision": "<video>",
     "internvl": "<video>",  # vLLM writes one `Frame{i}: <img>...</img>` group per frame
 }
@@ -30,6 +32,8 @@ FRAME_SIDE = {
     "qwen2_vl": 336,
     "qwen3_vl": 384,
     "qwen3_vl_moe": 384,
+    "qwen3_5": 384,
+    "qwen3_5_moe": 384,
     "llava_onevision": 384,
     "internvl": 448,
 }
@@ -66,13 +70,13 @@ def real_shape_checkpoint(
     from stop_hf.bench import SHAPES, build_config
     from stop_hf.tiny import save_tiny_checkpoint
 
-    folder = save_tiny_checkpoint(Path(folder), arch)
-    for weights in folder.glob("*.safetensors*"):
-        weights.unlink()
     shape = SHAPES[arch]
     vision = shape.vision["layers"] if vision_layers == "full" else int(vision_layers)
     llm = shape.llm.layers if llm_layers == "full" else int(llm_layers)
-    real = build_config(arch, vision, llm).to_dict()
+    real = build_config(arch, vision, llm).to_dict()  # first: it refuses what the bench does not model
+    folder = save_tiny_checkpoint(Path(folder), arch)
+    for weights in folder.glob("*.safetensors*"):
+        weights.unlink()
     config_file = folder / "config.json"
     config = json.loads(config_file.read_text())
     config["vision_config"] = {**config["vision_config"], **real["vision_config"]}

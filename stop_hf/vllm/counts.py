@@ -39,11 +39,13 @@ SERVED_ARCHITECTURES = {
     "Qwen3VLForConditionalGeneration": "qwen3_vl",
     "Qwen3VLMoeForConditionalGeneration": "qwen3_vl_moe",
     "InternVLForConditionalGeneration": "internvl",
+    "Qwen3_5ForConditionalGeneration": "qwen3_5",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
 }
 #: 1-D position models: vLLM numbers the pruned prompt sequentially (HF's `compact`)
 ONE_D_ARCHITECTURES = ("llava_onevision",)
 #: one `<t seconds><|vision_start|>...<|vision_end|>` group per temporal patch: the prompt fixes every frame's count
-PER_FRAME_ARCHITECTURES = ("qwen3_vl", "qwen3_vl_moe", "internvl")
+PER_FRAME_ARCHITECTURES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "internvl")
 #: 1-D position models served at HF's `original` positions: the plugin turns on vLLM's per-request position
 #: bookkeeping (M-RoPE's, all three rows equal) and the LLM reads row 0 (InternVL: `Frame{i}:` labels separate the
 #: groups, so HF refuses `compact` there)

@@ -778,6 +778,44 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
         return handles
 
 
+# ------------------------------------------------------------------ Qwen3.5 (dense and MoE)
+# vLLM 0.32's Qwen3.5 (vllm/model_executor/models/qwen3_5.py) reuses Qwen3-VL's processor (Qwen3VLMultiModalProcessor:
+# one timestamped group per temporal patch), dummy inputs, vision tower (Qwen3_VisionTransformer: same block and
+# attention modules), `embed_multimodal` and `get_mrope_input_positions`; it differs in the hybrid LLM (Gated-DeltaNet
+# linear attention + full attention, which sees exactly the kept tokens, as the HF patch's "shortened" reference) and
+# in having no deepstack (`use_deepstack` is False: the vision config has no `deepstack_visual_indexes`), so
+# `_StopQwen3Mixin` prunes the main rows only. Its `embed_input_ids` and `forward` are its own (no deepstack buffers);
+# the mixin wraps them the same way (channels stripped, offsets added to the positions in place).
+from vllm.model_executor.models.qwen3_5 import (  # noqa: E402 - the block stays self-contained for merges
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5MoeProcessingInfo,
+    Qwen3_5ProcessingInfo,
+)
+
+
+class StopQwen3_5Processor(StopQwen3VLProcessor):
+    arch = "qwen3_5"
+
+
+class StopQwen3_5MoeProcessor(StopQwen3VLProcessor):
+    arch = "qwen3_5_moe"
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen3_5Processor, info=Qwen3_5ProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class StopQwen3_5ForConditionalGeneration(_StopQwen3Mixin, Qwen3_5ForConditionalGeneration):
+    pass
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StopQwen3_5MoeProcessor, info=Qwen3_5MoeProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class StopQwen3_5MoeForConditionalGeneration(_StopQwen3Mixin, Qwen3_5MoeForConditionalGeneration):
+    pass
+
+
 # ------------------------------------------------------------------ InternVL (HF format, served by vLLM's InternS1)
 class StopInternVLProcessor(_StopProcessorMixin, InternS1MultiModalProcessor):
     """InternVL: one `Frame{i}: <img> <video> x k_i </img>` group per frame, each with the count its frame keeps
@@ -1004,4 +1042,6 @@ assert set(SERVED_ARCHITECTURES) == {
     "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration",
     "InternVLForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration",
 }
