@@ -67,8 +67,10 @@ def test_real_shape_folder_has_the_real_widths_and_no_weights(arch, tmp_path):
 
     try:
         build_config(arch, 1, 1)
-    except ValueError as refusal:  # MoE / hybrid LLMs: the shapes module refuses them, naming why
-        with pytest.raises(ValueError, match="not benchmarked") as raised:
+    except (
+        ValueError
+    ) as refusal:  # MoE / hybrid LLMs, or a model this transformers lacks: refused, naming why
+        with pytest.raises(ValueError) as raised:
             real_shape_checkpoint(arch, tmp_path / arch)
         assert str(raised.value) == str(refusal)
         assert not (tmp_path / arch).exists()  # refused before anything is written

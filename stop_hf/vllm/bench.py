@@ -70,6 +70,9 @@ def real_shape_checkpoint(
     from stop_hf.bench import SHAPES, build_config
     from stop_hf.tiny import save_tiny_checkpoint
 
+    from stop_hf.patches import architecture
+
+    architecture(arch)  # refuses an architecture this transformers lacks, naming the release it needs
     shape = SHAPES[arch]
     vision = shape.vision["layers"] if vision_layers == "full" else int(vision_layers)
     llm = shape.llm.layers if llm_layers == "full" else int(llm_layers)
