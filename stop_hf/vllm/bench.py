@@ -68,9 +68,8 @@ def real_shape_checkpoint(
     ("full": the real depth) and the tiny checkpoint's tokenizer, processor and token ids, but no weights: vLLM's
     `load_format="dummy"` fills them with random values, so no checkpoint has to be downloaded or written."""
     from stop_hf.bench import SHAPES, build_config
-    from stop_hf.tiny import save_tiny_checkpoint
-
     from stop_hf.patches import architecture
+    from stop_hf.tiny import save_tiny_checkpoint
 
     architecture(arch)  # refuses an architecture this transformers lacks, naming the release it needs
     shape = SHAPES[arch]
