@@ -97,6 +97,11 @@ def check_engine_config(vllm_config: Any) -> None:
         raise StopServeError(
             "pipeline_parallel_size > 1 is not supported with stop_config; use tensor parallelism"
         )
+    from .siglip import check_map_head  # SigLIP's MAP head read once here: a missing head fails at start-up
+
+    check_map_head(
+        options.config, SERVED_ARCHITECTURES[arch], getattr(model.hf_config, "vision_config", None)
+    )
     # the processor reads the engine-wide default from the multimodal processor kwargs (a request's own
     # mm_processor_kwargs override it); validated values only
     mm.mm_processor_kwargs = {
