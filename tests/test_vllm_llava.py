@@ -87,10 +87,16 @@ def _served(arch: str, checkpoints):
 
 
 def _config(name: str, arch: str, siglip_head: str, **fields) -> dict:
-    """A preset as a dict; LLaVA-OV's FastVID reads the MAP head from the random head."""
+    """A preset as a dict; LLaVA-OV's FastVID reads the MAP head from the random head. FlashVID+SToP picks distinct
+    tokens: on these tiny towers SToP's offset leaves fewer positive weights than picks, and the reference's
+    repeated picks are then decided by float rounding (stop_hf/pruners/flashvid.py, `distinct_picks`); measured:
+    relative noise of 1e-6 on HF's own signals changes them, while vLLM's SigLIP/ViT kernels differ from HF's in the
+    last bits."""
     config = StopConfig.from_any(name).to_dict()
     if arch == "llava_onevision" and config["method"] == "fastvid":
         config["siglip_head"] = siglip_head
+    if config["method"] == "flashvid" and config["sink"]:
+        config["params"] = {**config["params"], "distinct_picks": True}
     return {**config, **fields}
 
 

@@ -499,7 +499,10 @@ class _StopQwenMixin(_StopModelMixin):
             def merger_hook(module, args):
                 captured["hidden"] = args[0].reshape(args[0].shape[0], -1).detach().float()
 
-            handles.append(self.visual.merger.register_forward_pre_hook(merger_hook))
+            # the merger's first module: Qwen2.5-VL's merger is wrapped by vLLM's `support_torch_compile`, whose
+            # `__call__` runs `forward` directly (vllm/compilation/decorators.py:528), so hooks on the merger never fire
+            merger = self.visual.merger
+            handles.append(getattr(merger, "ln_q", merger).register_forward_pre_hook(merger_hook))
         return handles
 
     def _stop_signals(self, grids, captured, needs) -> dict[str, list[torch.Tensor]]:
