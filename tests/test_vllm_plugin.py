@@ -535,10 +535,15 @@ if __name__ == "__main__":
     requests = [t._request({arch!r}, t._frames(1), c) for c in t.TP_CONFIGS]
     outs = llm.generate(requests, SamplingParams(max_tokens=t.MAX_TOKENS, temperature=0), use_tqdm=False)
     print("TP2=" + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
-    print("REPORTS=" + json.dumps(llm.apply_model(lambda model: list(model.stop_hf_reports))))  # one list per rank
+    print("REPORTS=" + json.dumps(llm.apply_model(t._reports_of)))  # one list per rank (pickled by name)
 """
 #: a fixed-count method +- SToP, and one without signals
 TP_CONFIGS = ["visionzip_baseline_r25", "visionzip_stop_r25", '{"method": "uniform", "retention": 0.5}']
+
+
+def _reports_of(model) -> list:
+    """`apply_model` target in another process: a module-level function (a lambda does not pickle)."""
+    return list(model.stop_hf_reports)
 
 
 def _kept(reports) -> dict:
