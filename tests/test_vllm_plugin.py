@@ -532,7 +532,7 @@ if __name__ == "__main__":
     llm = LLM(model={model!r}, enforce_eager=True, dtype="float32", max_model_len=4096, kv_cache_memory_bytes=1 << 28,
               limit_mm_per_prompt={{"video": 2, "image": 0}}, additional_config={{"stop_config": "none"}},
               tensor_parallel_size=2, distributed_executor_backend="mp", seed=0)
-    requests = [t._request({arch!r}, t._frames(1), c) for c in t.TP_CONFIGS]
+    requests = [t._request({arch!r}, t._frames(1), c, r) for c, r in {configs!r}]
     outs = llm.generate(requests, SamplingParams(max_tokens=t.MAX_TOKENS, temperature=0), use_tqdm=False)
     print("TP2=" + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
     print("REPORTS=" + json.dumps(llm.apply_model(t._reports_of)))  # one list per rank (pickled by name)
@@ -561,11 +561,19 @@ def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
     import subprocess
     import sys
 
-    requests = [_request(arch, _frames(1), c) for c in TP_CONFIGS]
+    configs = [(c, None) for c in TP_CONFIGS]
+    if arch == "llava_onevision":  # FastVID+SToP with SigLIP's MAP head, applied by each rank
+        from stop_hf.siglip_head import save_random_siglip_head
+
+        vision = json.loads((checkpoints[arch] / "config.json").read_text())["vision_config"]
+        head = save_random_siglip_head(tmp_path / "head", vision["hidden_size"], vision["intermediate_size"])
+        fastvid = {**StopConfig.from_any("fastvid_stop_r25").to_dict(), "siglip_head": str(head)}
+        configs.append((json.dumps(fastvid), "exact"))
+    requests = [_request(arch, _frames(1), c, r) for c, r in configs]
     single, reports = _generate(_engine(arch, checkpoints), requests)
     script = tmp_path / "tp2.py"
     tests = os.path.dirname(os.path.abspath(__file__))
-    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[arch]), arch=arch))
+    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[arch]), arch=arch, configs=configs))
     # apply_model sends a function to the engine and worker processes
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
@@ -574,7 +582,7 @@ def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
     assert len(lines) == 2, run.stderr[-3000:]
     double = json.loads(lines[0][4:])
     ranks = json.loads(lines[1][len("REPORTS=") :])
-    assert len(ranks) == 2 and len(reports) == len(TP_CONFIGS)  # every request pruned, one report each
+    assert len(ranks) == 2 and len(reports) == len(configs)  # every request pruned, one report each
     for rank in ranks:
         assert _kept(rank) == _kept(reports)
     for one, (prompt, ids) in zip(single, double):
