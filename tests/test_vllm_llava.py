@@ -221,6 +221,29 @@ def test_original_fastvid_probe_saliency_equals_the_hf_path(checkpoints, siglip_
         report = by_method[config["method"]]
         hf_ids, hf_index = plugin._hf(arch, paths, config)
         _check_against_hf(report, hf_index, hf_ids, out, serve_options(config, "exact", arch), arch)
+    # the probe attention, not the encoder's, decided the FastVID selection
+    encoder = plugin._hf(arch, paths, {**configs[0], "saliency_source": "encoder"})[1]
+    assert by_method["fastvid"]["reference_index"] != encoder
+
+
+@serving
+def test_fastvid_segments_follow_the_map_head_as_in_hf(checkpoints, siglip_head):
+    """With 4 frames < c = 8 every frame is its own DySeg segment and the global feature decides nothing; with c = 2,
+    tau = 0.2 the cuts follow it: the MAP head's pooled output and the frame mean (`global_feature: mean`) segment
+    this video differently in HF, and vLLM's selection equals HF's for each."""
+    arch = "llava_onevision"
+    llm, paths = _served(arch, checkpoints)
+    selections = {}
+    for feature in ("map_head", "mean"):
+        config = _config("fastvid_stop_r25", arch, siglip_head, global_feature=feature)
+        config["params"] = {**config["params"], "c": 2, "tau": 0.2}
+        (out,), (report,) = plugin._generate(llm, [plugin._request(arch, plugin._frames(), config, "exact")])
+        hf_ids, hf_index = plugin._hf(arch, paths, config)
+        _check_against_hf(report, hf_index, hf_ids, out, serve_options(config, "exact", arch), arch)
+        selections[feature] = hf_index
+    assert (
+        selections["map_head"] != selections["mean"]
+    )  # the head, not the mean, decided the served selection
 
 
 @serving
