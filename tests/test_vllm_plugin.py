@@ -579,36 +579,59 @@ if __name__ == "__main__":
     llm = LLM(model={model!r}, enforce_eager=True, dtype="float32", max_model_len=4096, kv_cache_memory_bytes=1 << 28,
               limit_mm_per_prompt={{"video": 2, "image": 0}}, additional_config={{"stop_config": "none"}},
               tensor_parallel_size=2, distributed_executor_backend="mp", seed=0)
-    requests = [t._request({arch!r}, t._frames(1), c) for c in t.TP_CONFIGS]
+    requests = [t._request({arch!r}, t._frames(1), c, r) for c, r in {configs!r}]
     outs = llm.generate(requests, SamplingParams(max_tokens=t.MAX_TOKENS, temperature=0), use_tqdm=False)
     print("TP2=" + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
+    print("REPORTS=" + json.dumps(llm.apply_model(t._reports_of)))  # one list per rank (pickled by name)
 """
-TP_CONFIGS = ["visionzip_stop_r25", '{"method": "uniform", "retention": 0.5}']
+#: a fixed-count method +- SToP, and one without signals
+TP_CONFIGS = ["visionzip_baseline_r25", "visionzip_stop_r25", '{"method": "uniform", "retention": 0.5}']
+
+
+def _reports_of(model) -> list:
+    """`apply_model` target in another process: a module-level function (a lambda does not pickle)."""
+    return list(model.stop_hf_reports)
+
+
+def _kept(reports) -> list:
+    """The kept indices of one batch's reports, sorted (their order is the encoder's, not the requests')."""
+    return sorted(r["index"] for r in reports)
 
 
 @serving
-@pytest.mark.parametrize("arch", ["qwen2_5_vl"])  # one TP=2 start-up (~2 min on 2 cores) bounds CI time
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision", "qwen3_vl"])  # ~1-2 min each on 2 cores
 def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
-    """Each rank holds half the vision heads: the all-reduced signals make both ranks keep the same tokens. TP=2
-    runs in its own process (`VLLM_CPU_OMP_THREADS_BIND="0|1"`: one core per rank), bounded in time."""
+    """Each rank holds half the vision heads: the all-reduced signals make both ranks keep the same tokens (kept
+    indices of each rank equal TP=1's) and the greedy ids equal TP=1's. TP=2 runs in its own process
+    (`VLLM_CPU_OMP_THREADS_BIND="0|1"`: one core per rank), bounded in time."""
     import json
     import subprocess
     import sys
 
-    from vllm import SamplingParams
+    configs = [(c, None) for c in TP_CONFIGS]
+    if arch == "llava_onevision":  # FastVID+SToP with SigLIP's MAP head, applied by each rank
+        from stop_hf.siglip_head import save_random_siglip_head
 
-    requests = [_request(arch, _frames(1), c) for c in TP_CONFIGS]
-    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
-    single = _engine(arch, checkpoints).generate(requests, params, use_tqdm=False)
+        vision = json.loads((checkpoints[arch] / "config.json").read_text())["vision_config"]
+        head = save_random_siglip_head(tmp_path / "head", vision["hidden_size"], vision["intermediate_size"])
+        fastvid = {**StopConfig.from_any("fastvid_stop_r25").to_dict(), "siglip_head": str(head)}
+        configs.append((json.dumps(fastvid), "exact"))
+    requests = [_request(arch, _frames(1), c, r) for c, r in configs]
+    single, reports = _generate(_engine(arch, checkpoints), requests)
     script = tmp_path / "tp2.py"
     tests = os.path.dirname(os.path.abspath(__file__))
-    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[arch]), arch=arch))
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[arch]), arch=arch, configs=configs))
+    # apply_model sends a function to the engine and worker processes
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("TP2=")]
-    assert lines, run.stderr[-3000:]
-    double = json.loads(lines[-1][4:])
+    lines = [line for line in run.stdout.splitlines() if line.startswith(("TP2=", "REPORTS="))]
+    assert len(lines) == 2, run.stderr[-3000:]
+    double = json.loads(lines[0][4:])
+    ranks = json.loads(lines[1][len("REPORTS=") :])
+    assert len(ranks) == 2 and len(reports) == len(configs)  # every request pruned, one report each
+    for rank in ranks:
+        assert _kept(rank) == _kept(reports)
     for one, (prompt, ids) in zip(single, double):
         assert list(one.prompt_token_ids) == prompt
         assert list(one.outputs[0].token_ids) == ids

@@ -101,6 +101,11 @@ def check_engine_config(vllm_config: Any) -> None:
         raise StopServeError(
             "pipeline_parallel_size > 1 is not supported with stop_config; use tensor parallelism"
         )
+    from .siglip import check_map_head  # SigLIP's MAP head read once here: a missing head fails at start-up
+
+    check_map_head(
+        options.config, SERVED_ARCHITECTURES[arch], getattr(model.hf_config, "vision_config", None)
+    )
     if SERVED_ARCHITECTURES[arch] in ORIGINAL_1D_ARCHITECTURES:
         # vLLM numbers a 1-D prompt sequentially; HF's original positions leave gaps where tokens were dropped. vLLM
         # keeps per-request positions (prefill from the model's get_mrope_input_positions, decode at + delta) only

@@ -89,6 +89,7 @@ from .counts import (
     split_positions,
     target_count,
 )
+from .siglip import ServedSiglipHeadError, check_map_head, head_signals, head_use, served_head
 
 logger = logging.getLogger("vllm.stop_hf")  # under vLLM's configured logger: shown with its INFO logs
 FIELD = "stop_hf_options"
@@ -114,10 +115,15 @@ class _StopProcessorMixin:
                 )
             return None
         merged = {**defaults, **{k: v for k, v in hf_kwargs.items() if k in (CONFIG_KEY, RULE_KEY)}}
+        vision = getattr(self.info.get_hf_config(), "vision_config", None)
         try:
-            return serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
+            options = serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
+            check_map_head(options.config, self.arch, vision, per_request=True)  # SigLIP head: read once
+        except ServedSiglipHeadError:
+            raise  # the HF path's message, for this request only
         except ValueError as exc:  # this request only
             raise ValueError(f"stop-hf: {exc}") from None
+        return options
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):  # type: ignore[override]
         """vLLM's processing (every path: LLaVA-OV processes videos one by one), without our keys reaching the HF
@@ -523,7 +529,10 @@ class _StopQwenMixin(_StopModelMixin):
             def merger_hook(module, args):
                 captured["hidden"] = args[0].reshape(args[0].shape[0], -1).detach().float()
 
-            handles.append(self.visual.merger.register_forward_pre_hook(merger_hook))
+            # the merger's first module: Qwen2.5-VL's merger is wrapped by vLLM's `support_torch_compile`, whose
+            # `__call__` runs `forward` directly (vllm/compilation/decorators.py:528), so hooks on the merger never fire
+            merger = self.visual.merger
+            handles.append(getattr(merger, "ln_q", merger).register_forward_pre_hook(merger_hook))
         return handles
 
     def _stop_signals(self, grids, captured, needs) -> dict[str, list[torch.Tensor]]:
@@ -695,24 +704,24 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
     def _stop_videos(self, inputs: Any, options: list[ServeOptions | None]) -> list[torch.Tensor]:
         pixels = inputs["pixel_values_videos"]
         frames = [len(v) for v in pixels] if isinstance(pixels, list) else [pixels.shape[1]] * pixels.shape[0]
-        needs: set[str] = set()
+        # per video: the pruner's needs and its MAP-head use (patches/llava_onevision.py `capture_plan`); the encoder
+        # layer is hooked for the attention/keys of the videos that read it, the projector for the rest
+        plans: list[tuple[set[str], bool, bool] | None] = []  # (needs, head_global, probe_saliency)
+        encoder_needs: set[str] = set()
+        configured = set()  # the saliency layers of the videos that read the encoder's attention/keys
         for opt in options:
-            if opt is not None and opt.active:
-                needs |= set(opt.config.build_pruner().needs)
-                if (
-                    "global_features" in opt.config.build_pruner().needs
-                    and opt.config.global_feature != "mean"
-                ):
-                    raise ValueError(
-                        "stop_config.global_feature: FastVID's SigLIP MAP-head signal is not served by the vLLM "
-                        "plugin on LLaVA-OneVision; allowed here: mean"
-                    )
-                if opt.config.saliency_source != "encoder":
-                    raise ValueError(
-                        "stop_config.saliency_source: only 'encoder' is served by the vLLM plugin"
-                    )
+            if opt is None or not opt.active:
+                plans.append(None)
+                continue
+            needs = set(opt.config.build_pruner().needs)
+            head_global, probe_saliency = head_use(opt.config, needs)
+            plans.append((needs, head_global, probe_saliency))
+            encoder = needs & ({"attention", "keys"} - ({"attention"} if probe_saliency else set()))
+            if encoder:
+                encoder_needs |= encoder
+                configured.add(opt.config.saliency_layer)
+        wants_hidden = any(plan is not None and ("global_features" in plan[0] or plan[2]) for plan in plans)
         layers = self._stop_layers()
-        configured = {opt.config.saliency_layer for opt in options if opt is not None and opt.active}
         if len(configured) > 1:
             raise ValueError(
                 f"stop-hf: videos of one batch ask for different saliency layers {sorted(configured)}"
@@ -720,7 +729,13 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
         layer = next(iter(configured), None)
         index = len(layers) - 1 if layer is None else layer % len(layers)
         captured: dict[str, torch.Tensor] = {}
-        handles = self._stop_hooks(layers[index].self_attn, needs, captured) if needs else []
+        handles = self._stop_hooks(layers[index].self_attn, encoder_needs, captured) if encoder_needs else []
+        if wants_hidden:
+
+            def projector_hook(module, args):
+                captured["hidden"] = args[0].detach()  # (frames, patches, H): the features LLaVA-OV projects
+
+            handles.append(self.multi_modal_projector.register_forward_pre_hook(projector_hook))
         try:
             embeds = self._process_video_pixels(inputs)
         finally:
@@ -735,18 +750,40 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
             signals["attention"] = self.apply_pooling(captured["attention"][..., None])[..., 0]
         if "keys" in captured:
             signals["keys"] = self.apply_pooling(captured["keys"])
-        if "hidden" in captured:
-            signals["global_features"] = captured["hidden"].mean(dim=1)
         out, start = [], 0
         embeds = list(embeds)
         for v, count in enumerate(frames):
             video = embeds[v].reshape(-1, embeds[v].shape[-1])
             grid_tokens, newline = video[:-1], video[-1:]
             per_video = {k: s[start : start + count] for k, s in signals.items()}
+            plan = plans[v]
+            if plan is not None and ("global_features" in plan[0] or plan[2]):
+                per_video.update(
+                    self._stop_global_signals(options[v], plan, captured["hidden"][start : start + count])
+                )
             per_video["attention_patches"] = side * side
             start += count
             kept, _ = self._stop_prune_video(options[v], grid_tokens, count, grid, per_video)
             out.append(torch.cat([kept, newline]))
+        return out
+
+    def _stop_global_signals(
+        self, options: ServeOptions, plan, hidden: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One video's (frames, patches, H) pre-projection hidden state -> its global features (SigLIP's MAP head or
+        the frame mean) and, with `saliency_source: map_head`, the head's probe attention pooled like the encoder's
+        (patches/llava_onevision.py `_capture_global` / `video_records`). The head is the same on every TP rank (it
+        sees the gathered hidden state), so every rank keeps the same tokens."""
+        needs, head_global, probe_saliency = plan
+        head = None
+        if head_global or probe_saliency:
+            head = served_head(
+                options.config, self.config.vision_config, next(self.vision_tower.parameters())
+            )
+        features, probe = head_signals(head, hidden, head_global)
+        out = {"global_features": features} if "global_features" in needs else {}
+        if probe_saliency:
+            out["attention"] = self.apply_pooling(probe[..., None])[..., 0]
         return out
 
     def _stop_hooks(self, self_attn: Any, needs: set[str], captured: dict[str, torch.Tensor]) -> list[Any]:
@@ -769,12 +806,6 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
                     captured["keys"] = _all_reduce_heads(head_mean_keys(k), heads, tp)
 
             handles.append(inner.register_forward_pre_hook(attention_hook, with_kwargs=True))
-        if "global_features" in needs:
-
-            def projector_hook(module, args):
-                captured["hidden"] = args[0].detach().float()
-
-            handles.append(self.multi_modal_projector.register_forward_pre_hook(projector_hook))
         return handles
 
 
