@@ -13,7 +13,7 @@ import functools
 import json
 from typing import Any
 
-from .counts import CONFIG_KEY, RULE_KEY, SERVED_ARCHITECTURES, serve_options
+from .counts import CONFIG_KEY, RULE_KEY, SERVED_ARCHITECTURES, serve_options, served_fields
 
 _MODELS = "stop_hf.vllm.models"
 #: vLLM class name -> our subclass (in stop_hf.vllm.models)
@@ -74,6 +74,7 @@ def check_engine_config(vllm_config: Any) -> None:
             f"served: {sorted(SERVED_ARCHITECTURES)}. Remove stop_config to serve it unpruned."
         )
     options = serve_options(extra[CONFIG_KEY], extra.get(RULE_KEY), SERVED_ARCHITECTURES[arch])
+    options = served_fields(options, SERVED_ARCHITECTURES[arch], model.hf_config)
     compilation = vllm_config.compilation_config
     for flag in ("compile_mm_encoder", "cudagraph_mm_encoder"):
         if getattr(compilation, flag, False):

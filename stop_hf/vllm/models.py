@@ -74,6 +74,7 @@ from .counts import (
     relative_mrope,
     report_entry,
     serve_options,
+    served_fields,
     split_positions,
     target_count,
 )
@@ -103,7 +104,8 @@ class _StopProcessorMixin:
             return None
         merged = {**defaults, **{k: v for k, v in hf_kwargs.items() if k in (CONFIG_KEY, RULE_KEY)}}
         try:
-            return serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
+            options = serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
+            return served_fields(options, self.arch, self.info.get_hf_config())
         except ValueError as exc:  # this request only
             raise ValueError(f"stop-hf: {exc}") from None
 
@@ -239,6 +241,16 @@ def _options_per_video(kwargs: dict[str, Any], videos: int) -> list[ServeOptions
         return [None] * videos
     rows = list(field) if not isinstance(field, list) else field
     return [ServeOptions.decode(row) for row in rows]
+
+
+def _is_pruned(feature: Any) -> bool:
+    """Whether a prompt item is a video the encoder prunes (it then sends each kept token's offset from the video's
+    start). Decided by the item's options, as the encoder decides, never by its count: a config that keeps every
+    token (uniform 0.999 on a small grid) still sends offsets, which unpruned positions would double."""
+    data = feature.data
+    if feature.modality != "video" or data is None or FIELD not in data:
+        return False
+    return ServeOptions.decode(data[FIELD].data).active
 
 
 def _all_reduce_heads(values: torch.Tensor, local_heads: int, tp: int) -> torch.Tensor:
@@ -391,9 +403,7 @@ class _StopQwenMixin(_StopModelMixin):
                 grid[0] = (grid[0] * t_factor).astype(np.int64)
             unpruned = grid.reshape(3, -1) + base
             length = feature.mm_position.length
-            chunks.append(
-                unpruned if length == unpruned.shape[1] else np.full((3, length), base, dtype=np.int64)
-            )
+            chunks.append(np.full((3, length), base, dtype=np.int64) if _is_pruned(feature) else unpruned)
             next_start = int(unpruned.max()) + 1
             st = offset + length
         if st < len(input_tokens):
@@ -426,28 +436,29 @@ class _StopQwenMixin(_StopModelMixin):
         for opt in options:
             if opt is not None and opt.active:
                 needs |= set(opt.config.build_pruner().needs)
-        layers = {opt.config.saliency_layer for opt in options if opt is not None and opt.active}
-        if len(layers) > 1:
-            raise ValueError(
-                f"stop-hf: videos of one batch ask for different saliency layers {sorted(layers)}"
-            )
-        captured: dict[str, torch.Tensor] = {}
-        block = self._stop_block(next(iter(layers), None))
-        handles = self._stop_hooks(needs, block, captured) if needs else []
+        # each video's saliency block; one tower pass serves them all (the encoder batches videos of requests with
+        # different configs, so one batch may ask for several blocks: each gets its own hooks)
+        blocks = [
+            self._stop_block(opt.config.saliency_layer) if opt is not None and opt.active else None
+            for opt in options
+        ]
+        captured: dict[int, dict[str, torch.Tensor]] = {b: {} for b in set(blocks) - {None}} if needs else {}
+        handles = [handle for b, into in captured.items() for handle in self._stop_hooks(needs, b, into)]
         try:
             embeds = self._process_video_input(inputs)
         finally:
             for handle in handles:
                 handle.remove()
-        signals = self._stop_signals(grids, captured, needs)
+        signals = {b: self._stop_signals(grids, into, needs) for b, into in captured.items()}
         seconds = inputs.get("second_per_grid_ts")
         tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
         merge = self.visual.spatial_merge_size
         out = []
         for v, ((t, h, w), features) in enumerate(zip(grids, embeds)):
             grid = (h // merge, w // merge)
-            per_video = {k: s[v] for k, s in signals.items()}
-            per_video["attention_patches"] = self._stop_attention_patches(block, h, w)
+            per_video: dict[str, Any] = {k: s[v] for k, s in signals.get(blocks[v], {}).items()}
+            if blocks[v] is not None:
+                per_video["attention_patches"] = self._stop_attention_patches(blocks[v], h, w)
             kept, index = self._stop_prune_features(options[v], features, t, grid, per_video)
             if index is None:
                 out.append(append_positions(kept, None))
@@ -602,7 +613,7 @@ class _StopQwen3Mixin(_StopQwenMixin):
                     groups.append((begin + 1, end - begin - 1))
                     offset = end + 1
             gh, gw = h // merge, w // merge
-            pruned = sum(count for _, count in groups) != len(groups) * gh * gw
+            pruned = _is_pruned(feature)
             for start, count in groups:
                 text_len = start - st
                 chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_start)
