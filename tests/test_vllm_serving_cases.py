@@ -467,7 +467,7 @@ def test_llava_two_videos_chunked_equal_each_alone_and_the_hf_path(llava, checkp
 
 
 @serving
-def test_llava_refuses_the_map_head_per_request(llava):
+def test_llava_refuses_what_its_tower_cannot_serve_per_request(llava):
     """FastVID's `global_feature: auto` is the SigLIP MAP head on LLaVA-OV, which vLLM does not load: refused with
     the request (before, raised inside the encoder, which left the engine spinning)."""
     vid = PLACEHOLDER["llava_onevision"]
@@ -482,5 +482,53 @@ def test_llava_refuses_the_map_head_per_request(llava):
                 )
             ]
         )
+    # LLaVA-OV's tower hooks one layer per encoder batch (requests mixed): a request keeps the engine's layer
+    layer0 = {"method": "visionzip", "retention": 0.25, "saliency_layer": 0}
+    with pytest.raises(Exception, match="saliency_layer=0 differs from the engine's"):
+        llava.run([_req(f"{vid}what ?", [_video("llava_onevision", 95, 4)], config=layer0)])
     _, (report,), _ = llava.run([_req(f"{vid}what ?", [_video("llava_onevision", 94, 4)], config=VZ)])
     assert report["tokens_after"] == 200
+
+
+# ------------------------------------------------------------------ Qwen3-VL in bf16 (timestamped groups)
+@pytest.fixture(scope="module")
+def qwen3_bf16(checkpoints):
+    served = Served("qwen3_vl", checkpoints["qwen3_vl"], "bfloat16")
+    yield served
+    served.close()
+
+
+@serving
+def test_qwen3_bf16_every_token_kept_sits_at_unpruned_positions(qwen3_bf16):
+    """The position channels are base-256 digits, exact in bf16; an active config that keeps every token of each
+    temporal patch's group sits at the group's start plus its offsets (unpruned positions before, doubled)."""
+    vid = PLACEHOLDER["qwen3_vl"]
+    video = _video("qwen3_vl", 71, 4)
+    _, (report,) = assert_positions(
+        qwen3_bf16,
+        _req(f"{vid}what ?", [video], config="none"),
+        _req(f"{vid}what ?", [video], config={"method": "uniform", "retention": 0.999}),
+        1,
+    )
+    assert report["tokens_after"] == report["tokens_before"]
+
+
+@serving
+def test_qwen3_bf16_two_videos_chunked(qwen3_bf16, checkpoints, capsys):
+    """Two videos (2 and 3 temporal patches) split across 64-token steps in bf16: positions exact (checked against
+    the unpruned prompt). Kept indices and ids against the HF path in bf16 are measured, not asserted: two bf16
+    kernels may round a near-tie differently (on this clip they agreed: both videos' indices and all ids)."""
+    vid = PLACEHOLDER["qwen3_vl"]
+    videos = [_video("qwen3_vl", 21, 4), _video("qwen3_vl", 22, 6)]
+    text = f"{vid}a{vid}what ?"
+    out, reports = assert_positions(
+        qwen3_bf16, _req(text, videos, config="none"), _req(text, videos, config=VZ), 2
+    )
+    assert [r["tokens_after"] for r in reports] == [50, 75]
+    hf_ids, hf_index = _hf_multi(checkpoints["qwen3_vl"], "qwen3_vl", VZ, text, videos, dtype=torch.bfloat16)
+    same_index = [sorted(h) == r["index"] for h, r in zip(hf_index, reports)]
+    same_ids = sum(a == b for a, b in zip(hf_ids, out.outputs[0].token_ids))
+    with capsys.disabled():
+        print(
+            f"\nqwen3_vl bf16 vs HF bf16: kept indices equal per video {same_index}, ids {same_ids}/{len(hf_ids)}"
+        )

@@ -88,6 +88,8 @@ class _StopProcessorMixin:
     """Adds the per-video options field and the pruned placeholder counts to a vLLM multimodal processor."""
 
     arch: str = ""
+    #: the model prunes every video of an encoder batch (requests mixed) at one saliency layer: the engine's
+    one_saliency_layer = False
 
     def _stop_engine_defaults(self) -> dict[str, Any] | None:
         kwargs = self.info.ctx.model_config.multimodal_config.mm_processor_kwargs or {}
@@ -104,8 +106,19 @@ class _StopProcessorMixin:
             return None
         merged = {**defaults, **{k: v for k, v in hf_kwargs.items() if k in (CONFIG_KEY, RULE_KEY)}}
         try:
-            options = serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
-            return served_fields(options, self.arch, self.info.get_hf_config())
+            options = served_fields(
+                serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch),
+                self.arch,
+                self.info.get_hf_config(),
+            )
+            engine_layer = json.loads(defaults[CONFIG_KEY]).get("saliency_layer")
+            if self.one_saliency_layer and options.active and options.config.saliency_layer != engine_layer:
+                raise ValueError(
+                    f"stop_config.saliency_layer={options.config.saliency_layer} differs from the engine's "
+                    f"({engine_layer}): on {self.arch} the videos of one encoder batch are pruned at one layer; start "
+                    "the engine with that saliency_layer in additional_config.stop_config"
+                )
+            return options
         except ValueError as exc:  # this request only
             raise ValueError(f"stop-hf: {exc}") from None
 
@@ -187,6 +200,7 @@ class StopQwen2VLProcessor(_StopProcessorMixin, Qwen2VLMultiModalProcessor):
 
 class StopLlavaOnevisionProcessor(_StopProcessorMixin, LlavaOnevisionMultiModalProcessor):
     arch = "llava_onevision"
+    one_saliency_layer = True  # its tower hooks one layer per encoder batch
 
     @staticmethod
     def _stop_num_videos(outputs) -> int:
