@@ -81,14 +81,14 @@ def _frames(seed: int, count: int, side: int = 336) -> np.ndarray:
     return ((0.6 * base + 0.4 * rng.random((count, side, side, 3))) * 255).astype("uint8")
 
 
-def _video(arch: str, seed: int, count: int):
+def _video(arch: str, seed: int, count: int, fps: float = 2.0):
     frames = _frames(seed, count)
     if not arch.startswith("qwen"):
         return frames
     metadata = {
         "total_num_frames": count,
-        "fps": 2.0,
-        "duration": count / 2,
+        "fps": fps,
+        "duration": count / fps,
         "video_backend": "opencv",
         "frames_indices": list(range(count)),
         "do_sample_frames": False,
@@ -284,10 +284,11 @@ def test_every_token_kept_by_an_active_config_sits_at_unpruned_positions(qwen):
 
 @serving
 def test_chunked_prefill_two_videos_of_different_lengths_equal_the_hf_path(qwen, checkpoints):
-    """Two videos (4 and 6 frames: 72 and 108 kept tokens) in 64-token steps: steps end inside each video and one
-    step holds the end of the first and the start of the second."""
+    """Two videos (4 and 6 frames: 72 and 108 kept tokens; 1 and 4 fps, so each has its own temporal position scale)
+    in 64-token steps: steps end inside each video and one step holds the end of the first and the start of the
+    second."""
     vid = PLACEHOLDER["qwen2_5_vl"]
-    videos = [_video("qwen2_5_vl", 21, 4), _video("qwen2_5_vl", 22, 6)]
+    videos = [_video("qwen2_5_vl", 21, 4, fps=1.0), _video("qwen2_5_vl", 22, 6, fps=4.0)]  # t scales differ
     text = f"{vid}a{vid}what ?"
     out, reports = assert_positions(qwen, _req(text, videos, config="none"), _req(text, videos, config=VZ), 2)
     assert [r["tokens_after"] for r in reports] == [72, 108]
