@@ -221,8 +221,10 @@ def expected_positions(served: Served, unpruned_ids, unpruned_positions, reports
 def assert_positions(served: Served, unpruned_request, pruned_request, videos: int):
     """Serves both; the pruned prompt's prefill positions equal the unpruned prompt's at the kept tokens, and
     decoding continues from the same positions. Returns the pruned output and its reports."""
+    served.fresh()  # every step recorded: nothing served from the prefix cache
     (unpruned,), _, unpruned_positions = served.run([unpruned_request])
     (pruned,), reports, positions = served.run([pruned_request])
+    assert unpruned.num_cached_tokens == pruned.num_cached_tokens == 0
     assert len(reports) == videos and all(r["tokens_after"] <= r["tokens_before"] for r in reports)
     length = len(pruned.prompt_token_ids)
     assert length == len(unpruned.prompt_token_ids) - sum(
@@ -533,3 +535,19 @@ def test_qwen3_bf16_two_videos_chunked(qwen3_bf16, checkpoints, capsys):
         print(
             f"\nqwen3_vl bf16 vs HF bf16: kept indices equal per video {same_index}, ids {same_ids}/{len(hf_ids)}"
         )
+
+
+@serving
+def test_fastvid_on_qwen2_5_vl_gets_its_frame_feature(qwen, checkpoints):
+    """FastVID's frame feature is the mean of the merger's input. vLLM compiles Qwen2.5-VL's merger, whose
+    `__call__` skips module hooks: the signal was missing and the encoder raised (the engine step failed). The
+    method's own selection now equals the HF path's kept indices."""
+    from test_vllm_plugin import _frames, _hf, _request
+
+    config = "fastvid_stop_r25"
+    qwen.fresh()
+    (out,), (report,), _ = qwen.run([_request("qwen2_5_vl", _frames(), config, "exact")])
+    hf_ids, hf_index = _hf("qwen2_5_vl", checkpoints, config)
+    assert report["reference_index"] == hf_index
+    if report["tokens_trimmed"] == report["tokens_added"] == 0:
+        assert list(out.outputs[0].token_ids) == hf_ids

@@ -261,10 +261,11 @@ def _is_pruned(feature: Any) -> bool:
     """Whether a prompt item is a video the encoder prunes (it then sends each kept token's offset from the video's
     start). Decided by the item's options, as the encoder decides, never by its count: a config that keeps every
     token (uniform 0.999 on a small grid) still sends offsets, which unpruned positions would double."""
-    data = feature.data
-    if feature.modality != "video" or data is None or FIELD not in data:
+    if feature.modality != "video":
         return False
-    return ServeOptions.decode(data[FIELD].data).active
+    if feature.data is None:  # vLLM fills it from its caches before positions are computed
+        raise RuntimeError("stop-hf: a video's processed data is missing; its positions cannot be placed")
+    return FIELD in feature.data and ServeOptions.decode(feature.data[FIELD].data).active
 
 
 def _all_reduce_heads(values: torch.Tensor, local_heads: int, tp: int) -> torch.Tensor:
@@ -536,7 +537,10 @@ class _StopQwenMixin(_StopModelMixin):
             def merger_hook(module, args):
                 captured["hidden"] = args[0].reshape(args[0].shape[0], -1).detach().float()
 
-            handles.append(self.visual.merger.register_forward_pre_hook(merger_hook))
+            # Qwen2.5-VL's merger is compiled (@support_torch_compile), whose __call__ skips the module's hooks: hook
+            # its first op, `ln_q`, which receives the same input (Qwen3-VL's merger has none and is not compiled)
+            merger = self.visual.merger
+            handles.append(getattr(merger, "ln_q", merger).register_forward_pre_hook(merger_hook))
         return handles
 
     def _stop_signals(self, grids, captured, needs) -> dict[str, list[torch.Tensor]]:
