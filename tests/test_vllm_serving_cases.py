@@ -161,6 +161,7 @@ class Served:
             enable_chunked_prefill=True,
             max_num_batched_tokens=CHUNK,
             block_size=BLOCK,
+            enable_mm_embeds=True,  # precomputed embeddings accepted (and refused by the plugin when pruned)
             seed=0,
         )
         self.mrope = arch.startswith("qwen")
@@ -551,3 +552,30 @@ def test_fastvid_on_qwen2_5_vl_gets_its_frame_feature(qwen, checkpoints):
     assert report["reference_index"] == hf_index
     if report["tokens_trimmed"] == report["tokens_added"] == 0:
         assert list(out.outputs[0].token_ids) == hf_ids
+
+
+@serving
+def test_precomputed_video_embeddings_are_refused_when_pruned(qwen):
+    """`video_embeds` skip the vision tower, whose signals the methods read: refused with the request (before, the
+    encoder raised for signal methods, failing the engine step); with `none` they are served as vLLM serves them."""
+    vid = PLACEHOLDER["qwen2_5_vl"]
+    grid = torch.tensor([[2, 24, 24]])  # 4 frames of 336 px: 2 temporal patches of 12 x 12 merged tokens
+    hidden = qwen.llm.llm_engine.vllm_config.model_config.hf_config.text_config.hidden_size
+    embeds = {"video_embeds": torch.randn(288, hidden), "video_grid_thw": grid}
+    request = {"prompt": _prompt(f"{vid}what ?"), "multi_modal_data": {"video": embeds}}
+    for config in (VZ, {"method": "uniform", "retention": 0.25}):
+        with pytest.raises(Exception, match="precomputed video embeddings"):
+            qwen.run(
+                [
+                    {
+                        **request,
+                        "mm_processor_kwargs": {
+                            "stop_config": json.dumps(config) if isinstance(config, dict) else config
+                        },
+                    }
+                ]
+            )
+    (out,), reports, _ = qwen.run([{**request, "mm_processor_kwargs": {"stop_config": "none"}}])
+    assert reports == [] and out.prompt_token_ids.count(qwen.video_token) == 288
+    _, (report,), _ = qwen.run([_req(f"{vid}what ?", [_video("qwen2_5_vl", 99, 4)], config=VZ)])
+    assert report["tokens_after"] == 72

@@ -56,6 +56,7 @@ from vllm.model_executor.models.qwen3_vl_moe import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import DictEmbeddingItems, EmbeddingItems
 from vllm.multimodal.processing import PromptReplacement
 
 from ..pruners import PruneInput
@@ -126,6 +127,16 @@ class _StopProcessorMixin:
         """vLLM's processing (every path: LLaVA-OV processes videos one by one), without our keys reaching the HF
         processor, plus the per-video options field."""
         options = self._stop_options(hf_kwargs)
+        if (
+            options is not None
+            and options.active
+            and isinstance(mm_items.get("video"), (EmbeddingItems, DictEmbeddingItems))
+        ):
+            raise ValueError(
+                f"stop-hf: stop_config.method={options.config.method!r} cannot prune precomputed video embeddings "
+                "(video_embeds skip the vision tower, whose signals and the method's count need frames); send "
+                'frames, or mm_processor_kwargs={"stop_config": "none"} for this request'
+            )
         own = {k: v for k, v in hf_kwargs.items() if k not in (CONFIG_KEY, RULE_KEY)}
         mm = self.info.ctx.model_config.multimodal_config
         saved = mm.mm_processor_kwargs
