@@ -74,6 +74,33 @@ def test_request_fields_the_served_tower_cannot_honour_are_refused():
     assert not served_fields(serve_options("none"), "qwen2_5_vl", qwen).active
 
 
+def test_engine_default_fields_are_checked_at_start_up():
+    """The same check on `additional_config.stop_config` at start-up, naming the field; the default handed to the
+    processor carries the resolved layer."""
+    from stop_hf.vllm import check_engine_config
+
+    def engine_config(stop_config):
+        return SimpleNamespace(
+            additional_config={"stop_config": stop_config},
+            model_config=SimpleNamespace(
+                architectures=["Qwen2_5_VLForConditionalGeneration"],
+                hf_config=SimpleNamespace(vision_config=SimpleNamespace(depth=32)),
+                multimodal_config=SimpleNamespace(
+                    mm_encoder_tp_mode="weights", video_pruning_rate=None, mm_processor_kwargs=None
+                ),
+            ),
+            compilation_config=SimpleNamespace(compile_mm_encoder=False, cudagraph_mm_encoder=False),
+            parallel_config=SimpleNamespace(pipeline_parallel_size=1),
+        )
+
+    with pytest.raises(StopConfigError, match="saliency_layer=40"):
+        check_engine_config(engine_config({"method": "visionzip", "retention": 0.25, "saliency_layer": 40}))
+    config = engine_config({"method": "visionzip", "retention": 0.25, "saliency_layer": -2})
+    check_engine_config(config)
+    default = json.loads(config.model_config.multimodal_config.mm_processor_kwargs["stop_config"])
+    assert default["saliency_layer"] == 30
+
+
 # ---------------------------------------------------------------------------------------------------- serving
 def _frames(seed: int, count: int, side: int = 336) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -74,7 +74,8 @@ def check_engine_config(vllm_config: Any) -> None:
             f"served: {sorted(SERVED_ARCHITECTURES)}. Remove stop_config to serve it unpruned."
         )
     options = serve_options(extra[CONFIG_KEY], extra.get(RULE_KEY), SERVED_ARCHITECTURES[arch])
-    options = served_fields(options, SERVED_ARCHITECTURES[arch], model.hf_config)
+    if getattr(model, "hf_config", None) is not None:  # the tower's fields (each request is checked again)
+        options = served_fields(options, SERVED_ARCHITECTURES[arch], model.hf_config)
     compilation = vllm_config.compilation_config
     for flag in ("compile_mm_encoder", "cudagraph_mm_encoder"):
         if getattr(compilation, flag, False):
