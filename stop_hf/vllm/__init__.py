@@ -13,7 +13,14 @@ import functools
 import json
 from typing import Any
 
-from .counts import CONFIG_KEY, ORIGINAL_1D_ARCHITECTURES, RULE_KEY, SERVED_ARCHITECTURES, serve_options
+from .counts import (
+    CONFIG_KEY,
+    ORIGINAL_1D_ARCHITECTURES,
+    RULE_KEY,
+    SERVED_ARCHITECTURES,
+    serve_options,
+    served_fields,
+)
 
 _MODELS = "stop_hf.vllm.models"
 #: vLLM class name -> our subclass (in stop_hf.vllm.models)
@@ -77,6 +84,8 @@ def check_engine_config(vllm_config: Any) -> None:
             f"served: {sorted(SERVED_ARCHITECTURES)}. Remove stop_config to serve it unpruned."
         )
     options = serve_options(extra[CONFIG_KEY], extra.get(RULE_KEY), SERVED_ARCHITECTURES[arch])
+    if getattr(model, "hf_config", None) is not None:  # the tower's fields (each request is checked again)
+        options = served_fields(options, SERVED_ARCHITECTURES[arch], model.hf_config)
     compilation = vllm_config.compilation_config
     for flag in ("compile_mm_encoder", "cudagraph_mm_encoder"):
         if getattr(compilation, flag, False):
@@ -104,7 +113,9 @@ def check_engine_config(vllm_config: Any) -> None:
     from .siglip import check_map_head  # SigLIP's MAP head read once here: a missing head fails at start-up
 
     check_map_head(
-        options.config, SERVED_ARCHITECTURES[arch], getattr(model.hf_config, "vision_config", None)
+        options.config,
+        SERVED_ARCHITECTURES[arch],
+        getattr(getattr(model, "hf_config", None), "vision_config", None),
     )
     if SERVED_ARCHITECTURES[arch] in ORIGINAL_1D_ARCHITECTURES:
         # vLLM numbers a 1-D prompt sequentially; HF's original positions leave gaps where tokens were dropped. vLLM

@@ -14,6 +14,7 @@ placeholder whose embedding would be missing. So every served video has a count 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -138,6 +139,54 @@ def serve_options(stop_config: Any, count_rule: Any = None, arch: str = "qwen2_5
             f"next-ranked tokens to the method's budget{per_frame}, reported per video)"
         )
     return ServeOptions(config, rule, mode)
+
+
+def vision_depth(arch: str, hf_config: Any) -> tuple[int, int]:
+    """(blocks of the checkpoint's vision tower, blocks vLLM builds and runs). vLLM's LLaVA-OV tower stops at
+    `vision_feature_layer` (an int here: -1 builds every layer, -2 all but the last); Qwen towers run every block."""
+    vision = hf_config.vision_config
+    if arch in ONE_D_ARCHITECTURES:
+        depth = int(vision.num_hidden_layers)
+        feature = getattr(hf_config, "vision_feature_layer", -1)
+        if not isinstance(feature, int):
+            feature = max(f % depth for f in feature)
+        return depth, feature % depth + 1
+    depth = int(getattr(vision, "depth", None) or vision.num_hidden_layers)  # Qwen: depth; InternViT: layers
+    return depth, depth
+
+
+def served_fields(options: ServeOptions, arch: str, hf_config: Any) -> ServeOptions:
+    """Checks a request's options against what vLLM's tower for `arch` computes, when the request is processed (an
+    error there fails that request; raised in the encoder it takes the whole engine step down), and resolves
+    `saliency_layer` against the checkpoint's vision depth (the HF path's indexing)."""
+    config = options.config
+    if not options.active:
+        return options
+    if config.saliency_source != "encoder":
+        raise StopConfigError(
+            f"stop_config.saliency_source={config.saliency_source!r} is not served by the vLLM plugin (the SigLIP "
+            "MAP head is not loaded); allowed: encoder"
+        )
+    needs = config.build_pruner().needs
+    if "global_features" in needs:
+        allowed = (
+            ("mean",) if arch in ONE_D_ARCHITECTURES else ("auto", "mean")
+        )  # LLaVA-OV's auto: the MAP head
+        if config.global_feature not in allowed:
+            raise StopConfigError(
+                f"stop_config.global_feature={config.global_feature!r} is not served by the vLLM plugin here (the "
+                f"SigLIP MAP head is not loaded); allowed: {list(allowed)}"
+            )
+    layer = config.saliency_layer
+    if layer is None:
+        return options
+    depth, built = vision_depth(arch, hf_config)
+    if not -depth <= layer < depth or layer % depth >= built:
+        raise StopConfigError(
+            f"stop_config.saliency_layer={layer} is not a vision block vLLM runs for this checkpoint: allowed "
+            f"[{-depth}, {depth - 1}] resolving below {built} (vLLM's tower stops at its feature layer)"
+        )
+    return dataclasses.replace(options, config=dataclasses.replace(config, saliency_layer=layer % depth))
 
 
 def reference_budget(options: ServeOptions, frames: int, tokens_per_frame: int) -> int:

@@ -62,6 +62,7 @@ from vllm.model_executor.models.qwen3_vl_moe import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import DictEmbeddingItems, EmbeddingItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from ..pruners import PruneInput
@@ -86,6 +87,7 @@ from .counts import (
     relative_mrope,
     report_entry,
     serve_options,
+    served_fields,
     split_positions,
     target_count,
 )
@@ -100,6 +102,8 @@ class _StopProcessorMixin:
     """Adds the per-video options field and the pruned placeholder counts to a vLLM multimodal processor."""
 
     arch: str = ""
+    #: the model prunes every video of an encoder batch (requests mixed) at one saliency layer: the engine's
+    one_saliency_layer = False
 
     def _stop_engine_defaults(self) -> dict[str, Any] | None:
         kwargs = self.info.ctx.model_config.multimodal_config.mm_processor_kwargs or {}
@@ -117,8 +121,19 @@ class _StopProcessorMixin:
         merged = {**defaults, **{k: v for k, v in hf_kwargs.items() if k in (CONFIG_KEY, RULE_KEY)}}
         vision = getattr(self.info.get_hf_config(), "vision_config", None)
         try:
-            options = serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch)
+            options = served_fields(
+                serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch),
+                self.arch,
+                self.info.get_hf_config(),
+            )
             check_map_head(options.config, self.arch, vision, per_request=True)  # SigLIP head: read once
+            engine_layer = json.loads(defaults[CONFIG_KEY]).get("saliency_layer")
+            if self.one_saliency_layer and options.active and options.config.saliency_layer != engine_layer:
+                raise ValueError(
+                    f"stop_config.saliency_layer={options.config.saliency_layer} differs from the engine's "
+                    f"({engine_layer}): on {self.arch} the videos of one encoder batch are pruned at one layer; start "
+                    "the engine with that saliency_layer in additional_config.stop_config"
+                )
         except ServedSiglipHeadError:
             raise  # the HF path's message, for this request only
         except ValueError as exc:  # this request only
@@ -129,6 +144,16 @@ class _StopProcessorMixin:
         """vLLM's processing (every path: LLaVA-OV processes videos one by one), without our keys reaching the HF
         processor, plus the per-video options field."""
         options = self._stop_options(hf_kwargs)
+        if (
+            options is not None
+            and options.active
+            and isinstance(mm_items.get("video"), (EmbeddingItems, DictEmbeddingItems))
+        ):
+            raise ValueError(
+                f"stop-hf: stop_config.method={options.config.method!r} cannot prune precomputed video embeddings "
+                "(video_embeds skip the vision tower, whose signals and the method's count need frames); send "
+                'frames, or mm_processor_kwargs={"stop_config": "none"} for this request'
+            )
         own = {k: v for k, v in hf_kwargs.items() if k not in (CONFIG_KEY, RULE_KEY)}
         mm = self.info.ctx.model_config.multimodal_config
         saved = mm.mm_processor_kwargs
@@ -203,6 +228,7 @@ class StopQwen2VLProcessor(_StopProcessorMixin, Qwen2VLMultiModalProcessor):
 
 class StopLlavaOnevisionProcessor(_StopProcessorMixin, LlavaOnevisionMultiModalProcessor):
     arch = "llava_onevision"
+    one_saliency_layer = True  # its tower hooks one layer per encoder batch
 
     @staticmethod
     def _stop_num_videos(outputs) -> int:
@@ -257,6 +283,17 @@ def _options_per_video(kwargs: dict[str, Any], videos: int) -> list[ServeOptions
         return [None] * videos
     rows = list(field) if not isinstance(field, list) else field
     return [ServeOptions.decode(row) for row in rows]
+
+
+def _is_pruned(feature: Any) -> bool:
+    """Whether a prompt item is a video the encoder prunes (it then sends each kept token's offset from the video's
+    start). Decided by the item's options, as the encoder decides, never by its count: a config that keeps every
+    token (uniform 0.999 on a small grid) still sends offsets, which unpruned positions would double."""
+    if feature.modality != "video":
+        return False
+    if feature.data is None:  # vLLM fills it from its caches before positions are computed
+        raise RuntimeError("stop-hf: a video's processed data is missing; its positions cannot be placed")
+    return FIELD in feature.data and ServeOptions.decode(feature.data[FIELD].data).active
 
 
 def _all_reduce_heads(values: torch.Tensor, local_heads: int, tp: int) -> torch.Tensor:
@@ -409,9 +446,7 @@ class _StopQwenMixin(_StopModelMixin):
                 grid[0] = (grid[0] * t_factor).astype(np.int64)
             unpruned = grid.reshape(3, -1) + base
             length = feature.mm_position.length
-            chunks.append(
-                unpruned if length == unpruned.shape[1] else np.full((3, length), base, dtype=np.int64)
-            )
+            chunks.append(np.full((3, length), base, dtype=np.int64) if _is_pruned(feature) else unpruned)
             next_start = int(unpruned.max()) + 1
             st = offset + length
         if st < len(input_tokens):
@@ -444,28 +479,29 @@ class _StopQwenMixin(_StopModelMixin):
         for opt in options:
             if opt is not None and opt.active:
                 needs |= set(opt.config.build_pruner().needs)
-        layers = {opt.config.saliency_layer for opt in options if opt is not None and opt.active}
-        if len(layers) > 1:
-            raise ValueError(
-                f"stop-hf: videos of one batch ask for different saliency layers {sorted(layers)}"
-            )
-        captured: dict[str, torch.Tensor] = {}
-        block = self._stop_block(next(iter(layers), None))
-        handles = self._stop_hooks(needs, block, captured) if needs else []
+        # each video's saliency block; one tower pass serves them all (the encoder batches videos of requests with
+        # different configs, so one batch may ask for several blocks: each gets its own hooks)
+        blocks = [
+            self._stop_block(opt.config.saliency_layer) if opt is not None and opt.active else None
+            for opt in options
+        ]
+        captured: dict[int, dict[str, torch.Tensor]] = {b: {} for b in set(blocks) - {None}} if needs else {}
+        handles = [handle for b, into in captured.items() for handle in self._stop_hooks(needs, b, into)]
         try:
             embeds = self._process_video_input(inputs)
         finally:
             for handle in handles:
                 handle.remove()
-        signals = self._stop_signals(grids, captured, needs)
+        signals = {b: self._stop_signals(grids, into, needs) for b, into in captured.items()}
         seconds = inputs.get("second_per_grid_ts")
         tokens_per_second = getattr(self.config.vision_config, "tokens_per_second", 1.0)
         merge = self.visual.spatial_merge_size
         out = []
         for v, ((t, h, w), features) in enumerate(zip(grids, embeds)):
             grid = (h // merge, w // merge)
-            per_video = {k: s[v] for k, s in signals.items()}
-            per_video["attention_patches"] = self._stop_attention_patches(block, h, w)
+            per_video: dict[str, Any] = {k: s[v] for k, s in signals.get(blocks[v], {}).items()}
+            if blocks[v] is not None:
+                per_video["attention_patches"] = self._stop_attention_patches(blocks[v], h, w)
             kept, index = self._stop_prune_features(options[v], features, t, grid, per_video)
             if index is None:
                 out.append(append_positions(kept, None))
@@ -529,8 +565,8 @@ class _StopQwenMixin(_StopModelMixin):
             def merger_hook(module, args):
                 captured["hidden"] = args[0].reshape(args[0].shape[0], -1).detach().float()
 
-            # the merger's first module: Qwen2.5-VL's merger is wrapped by vLLM's `support_torch_compile`, whose
-            # `__call__` runs `forward` directly (vllm/compilation/decorators.py:528), so hooks on the merger never fire
+            # Qwen2.5-VL's merger is compiled (@support_torch_compile), whose __call__ skips the module's hooks: hook
+            # its first op, `ln_q`, which receives the same input (Qwen3-VL's merger has none and is not compiled)
             merger = self.visual.merger
             handles.append(getattr(merger, "ln_q", merger).register_forward_pre_hook(merger_hook))
         return handles
@@ -623,7 +659,7 @@ class _StopQwen3Mixin(_StopQwenMixin):
                     groups.append((begin + 1, end - begin - 1))
                     offset = end + 1
             gh, gw = h // merge, w // merge
-            pruned = sum(count for _, count in groups) != len(groups) * gh * gw
+            pruned = _is_pruned(feature)
             for start, count in groups:
                 text_len = start - st
                 chunks.append(np.broadcast_to(np.arange(text_len), (3, text_len)) + next_start)
@@ -853,6 +889,7 @@ class StopInternVLProcessor(_StopProcessorMixin, InternS1MultiModalProcessor):
     (`frame_counts`); the labels and wrappers stay, as in the HF patch (patches/internvl.py)."""
 
     arch = "internvl"
+    one_saliency_layer = True  # its tower hooks one layer per encoder batch
 
     @staticmethod
     def _stop_num_videos(outputs) -> int:
