@@ -225,24 +225,16 @@ def test_moe_content_dependent_method_per_temporal_patch(llm, checkpoints):
 def test_moe_tensor_parallel_two_equals_one(llm, checkpoints, tmp_path):
     """TP=2 shards the vision heads (signals all-reduced, as the dense model) and the experts' intermediate width:
     both ranks keep the same tokens and the ids equal TP=1's. Opt-in (CI runs TP=2 once, on Qwen2.5-VL)."""
-    import json
-    import subprocess
-    import sys
-
-    from test_vllm_plugin import MAX_TOKENS, TP_CONFIGS, TP_SCRIPT
+    from test_vllm_plugin import MAX_TOKENS, TP_CONFIGS, _kept, serve_tensor_parallel_two
     from vllm import SamplingParams
 
+    configs = [(c, None) for c in TP_CONFIGS]
+    llm.apply_model(lambda model: model.stop_hf_reports.clear())
     requests = [_request(ARCH, _frames(1), c) for c in TP_CONFIGS]
     single = llm.generate(requests, SamplingParams(max_tokens=MAX_TOKENS, temperature=0), use_tqdm=False)
-    script = tmp_path / "tp2.py"
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[ARCH]), arch=ARCH))
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("TP2=")]
-    assert lines, run.stderr[-3000:]
-    double = json.loads(lines[-1][4:])
+    reports = llm.apply_model(lambda model: list(model.stop_hf_reports))[0]
+    double, ranks = serve_tensor_parallel_two(checkpoints[ARCH], ARCH, configs, tmp_path)
+    assert len(ranks) == 2 and all(_kept(rank) == _kept(reports) for rank in ranks)
     assert len(double) == len(single)
     for one, (prompt, ids) in zip(single, double):
         assert list(one.prompt_token_ids) == prompt

@@ -570,13 +570,12 @@ def test_start_up_refusals(checkpoints):
 
 TP_SCRIPT = """
 import json, sys
-import numpy as np
 from vllm import LLM, SamplingParams
 sys.path.insert(0, {tests!r})
 import test_vllm_plugin as t
 
 if __name__ == "__main__":
-    llm = LLM(model={model!r}, enforce_eager=True, dtype="float32", max_model_len=4096, kv_cache_memory_bytes=1 << 28,
+    llm = LLM(model={model!r}, enforce_eager=True, dtype={dtype!r}, max_model_len=4096, kv_cache_memory_bytes=1 << 28,
               limit_mm_per_prompt={{"video": 2, "image": 0}}, additional_config={{"stop_config": "none"}},
               tensor_parallel_size=2, distributed_executor_backend="mp", seed=0)
     requests = [t._request({arch!r}, t._frames(1), c, r) for c, r in {configs!r}]
@@ -584,6 +583,30 @@ if __name__ == "__main__":
     print("TP2=" + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
     print("REPORTS=" + json.dumps(llm.apply_model(t._reports_of)))  # one list per rank (pickled by name)
 """
+
+
+def serve_tensor_parallel_two(model, arch: str, configs, tmp_path, dtype: str = "float32"):
+    """Serves `configs` ([(stop_config, count_rule)], one request each on `_frames(1)`) at TP=2 in its own process
+    (`VLLM_CPU_OMP_THREADS_BIND="0|1"`: one core per rank), bounded in time: ([(prompt ids, output ids)], each
+    rank's reports). `arch` picks the prompt (Qwen3.5 uses Qwen3-VL's)."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "tp2.py"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(
+        TP_SCRIPT.format(tests=tests, model=str(model), arch=arch, configs=configs, dtype=dtype)
+    )
+    # apply_model sends a function to the engine and worker processes
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
+    lines = [line for line in run.stdout.splitlines() if line.startswith(("TP2=", "REPORTS="))]
+    assert len(lines) == 2, run.stderr[-3000:]
+    return json.loads(lines[0][4:]), json.loads(lines[1][len("REPORTS=") :])
+
+
 #: a fixed-count method +- SToP, and one without signals
 TP_CONFIGS = ["visionzip_baseline_r25", "visionzip_stop_r25", '{"method": "uniform", "retention": 0.5}']
 
@@ -605,8 +628,6 @@ def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
     indices of each rank equal TP=1's) and the greedy ids equal TP=1's. TP=2 runs in its own process
     (`VLLM_CPU_OMP_THREADS_BIND="0|1"`: one core per rank), bounded in time."""
     import json
-    import subprocess
-    import sys
 
     configs = [(c, None) for c in TP_CONFIGS]
     if arch == "llava_onevision":  # FastVID+SToP with SigLIP's MAP head, applied by each rank
@@ -618,17 +639,7 @@ def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
         configs.append((json.dumps(fastvid), "exact"))
     requests = [_request(arch, _frames(1), c, r) for c, r in configs]
     single, reports = _generate(_engine(arch, checkpoints), requests)
-    script = tmp_path / "tp2.py"
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script.write_text(TP_SCRIPT.format(tests=tests, model=str(checkpoints[arch]), arch=arch, configs=configs))
-    # apply_model sends a function to the engine and worker processes
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
-    lines = [line for line in run.stdout.splitlines() if line.startswith(("TP2=", "REPORTS="))]
-    assert len(lines) == 2, run.stderr[-3000:]
-    double = json.loads(lines[0][4:])
-    ranks = json.loads(lines[1][len("REPORTS=") :])
+    double, ranks = serve_tensor_parallel_two(checkpoints[arch], arch, configs, tmp_path)
     assert len(ranks) == 2 and len(reports) == len(configs)  # every request pruned, one report each
     for rank in ranks:
         assert _kept(rank) == _kept(reports)

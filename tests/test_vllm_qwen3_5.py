@@ -251,22 +251,6 @@ def test_from_pretrained_with_loading_info_returns_the_pair_patched():
     assert not stop_hf.is_patched(model) and "stop_config" not in model.config.__dict__
 
 
-TP_SCRIPT = """
-import json, sys
-from vllm import LLM, SamplingParams
-sys.path.insert(0, {tests!r})
-import test_vllm_plugin as t
-
-if __name__ == "__main__":
-    llm = LLM(model={model!r}, enforce_eager=True, dtype="bfloat16", max_model_len=4096, kv_cache_memory_bytes=1 << 28,
-              limit_mm_per_prompt={{"video": 2, "image": 0}}, additional_config={{"stop_config": "none"}},
-              tensor_parallel_size=2, distributed_executor_backend="mp", seed=0)
-    requests = [t._request("qwen3_vl", t._frames(1), c) for c in t.TP_CONFIGS]
-    outs = llm.generate(requests, SamplingParams(max_tokens=t.MAX_TOKENS, temperature=0), use_tqdm=False)
-    print("TP2=" + json.dumps([[list(o.prompt_token_ids), list(o.outputs[0].token_ids)] for o in outs]))
-"""
-
-
 @serving
 @pytest.mark.skipif(
     os.environ.get("STOP_HF_VLLM_TP_QWEN35") != "1",
@@ -275,23 +259,17 @@ if __name__ == "__main__":
 def test_tensor_parallel_two_equals_one(served, tmp_path):
     """TP=2 shards the vision heads (signals all-reduced) and the Gated-DeltaNet heads: the same prompts (kept counts)
     and greedy ids as TP=1. Opt-in (CI runs TP=2 once, on Qwen2.5-VL)."""
-    import subprocess
-    import sys
-
-    from test_vllm_plugin import MAX_TOKENS, TP_CONFIGS
+    from test_vllm_plugin import MAX_TOKENS, TP_CONFIGS, _kept, serve_tensor_parallel_two
     from vllm import SamplingParams
 
     arch, llm = served
+    configs = [(c, None) for c in TP_CONFIGS]
+    llm.apply_model(lambda model: model.stop_hf_reports.clear())
     requests = [_video_request(_frames(1), c) for c in TP_CONFIGS]
     single = llm.generate(requests, SamplingParams(max_tokens=MAX_TOKENS, temperature=0), use_tqdm=False)
-    script = tmp_path / "tp2.py"
-    script.write_text(TP_SCRIPT.format(tests=str(ROOT / "tests"), model=str(FIXTURE[arch])))
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("TP2=")]
-    assert lines, run.stderr[-3000:]
-    double = json.loads(lines[-1][4:])
+    reports = llm.apply_model(lambda model: list(model.stop_hf_reports))[0]
+    double, ranks = serve_tensor_parallel_two(FIXTURE[arch], "qwen3_vl", configs, tmp_path, dtype="bfloat16")
+    assert len(ranks) == 2 and all(_kept(rank) == _kept(reports) for rank in ranks)
     assert len(double) == len(single)
     for one, (prompt, ids) in zip(single, double):
         assert list(one.prompt_token_ids) == prompt
