@@ -22,7 +22,7 @@ import pytest
 import torch
 from test_vllm_plugin import MAX_TOKENS, PLACEHOLDER, _generate, serving
 
-from stop_hf.config import StopConfigError
+from stop_hf.config import StopConfig, StopConfigError
 from stop_hf.vllm.counts import serve_options, served_fields
 
 CHUNK, BLOCK = (
@@ -53,16 +53,17 @@ def test_request_fields_the_served_tower_cannot_honour_are_refused():
         )
     resolved = served_fields(serve_options({**vz, "saliency_layer": -1}), "qwen2_5_vl", qwen)
     assert resolved.config.saliency_layer == 31  # the HF path's indexing of the checkpoint's blocks
+    # no SigLIP head on Qwen towers: an explicit map_head is refused with the request (LLaVA-OV serves it)
+    from stop_hf.vllm.siglip import check_map_head
+
     with pytest.raises(StopConfigError, match="saliency_source='map_head'"):
-        served_fields(serve_options({**vz, "saliency_source": "map_head"}), "qwen2_5_vl", qwen)
+        check_map_head(StopConfig.from_any({**vz, "saliency_source": "map_head"}), "qwen2_5_vl", None)
     fastvid = {"method": "fastvid", "retention": 0.25}
     with pytest.raises(StopConfigError, match="global_feature='map_head'"):
-        served_fields(serve_options({**fastvid, "global_feature": "map_head"}, "exact"), "qwen2_5_vl", qwen)
-    assert served_fields(serve_options(fastvid, "exact"), "qwen2_5_vl", qwen).config.global_feature == "auto"
-    # LLaVA-OV: `auto` is the MAP head there; vLLM builds the tower up to vision_feature_layer
+        check_map_head(StopConfig.from_any({**fastvid, "global_feature": "map_head"}), "qwen2_5_vl", None)
+    check_map_head(StopConfig.from_any(fastvid), "qwen2_5_vl", None)  # auto: the frame mean there
+    # LLaVA-OV: vLLM builds the tower up to vision_feature_layer
     llava = SimpleNamespace(vision_config=SimpleNamespace(num_hidden_layers=26), vision_feature_layer=-2)
-    with pytest.raises(StopConfigError, match="global_feature='auto'"):
-        served_fields(serve_options(fastvid, "exact", "llava_onevision"), "llava_onevision", llava)
     with pytest.raises(StopConfigError, match="saliency_layer=-1"):  # layer 25 is not run by vLLM's tower
         served_fields(
             serve_options({**vz, "saliency_layer": -1}, None, "llava_onevision"), "llava_onevision", llava
@@ -499,10 +500,11 @@ def test_llava_two_videos_chunked_equal_each_alone_and_the_hf_path(llava, checkp
 
 @serving
 def test_llava_refuses_what_its_tower_cannot_serve_per_request(llava):
-    """FastVID's `global_feature: auto` is the SigLIP MAP head on LLaVA-OV, which vLLM does not load: refused with
-    the request (before, raised inside the encoder, which left the engine spinning)."""
+    """FastVID's `global_feature: auto` is the SigLIP MAP head on LLaVA-OV; its default source (a hub id) cannot be
+    read offline: the request fails with the HF path's SiglipHeadError, naming the field to set (before, the encoder
+    raised, which left the engine spinning)."""
     vid = PLACEHOLDER["llava_onevision"]
-    with pytest.raises(Exception, match="global_feature"):
+    with pytest.raises(Exception, match="siglip_head"):
         llava.run(
             [
                 _req(

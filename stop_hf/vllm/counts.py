@@ -162,21 +162,7 @@ def served_fields(options: ServeOptions, arch: str, hf_config: Any) -> ServeOpti
     config = options.config
     if not options.active:
         return options
-    if config.saliency_source != "encoder":
-        raise StopConfigError(
-            f"stop_config.saliency_source={config.saliency_source!r} is not served by the vLLM plugin (the SigLIP "
-            "MAP head is not loaded); allowed: encoder"
-        )
-    needs = config.build_pruner().needs
-    if "global_features" in needs:
-        allowed = (
-            ("mean",) if arch in ONE_D_ARCHITECTURES else ("auto", "mean")
-        )  # LLaVA-OV's auto: the MAP head
-        if config.global_feature not in allowed:
-            raise StopConfigError(
-                f"stop_config.global_feature={config.global_feature!r} is not served by the vLLM plugin here (the "
-                f"SigLIP MAP head is not loaded); allowed: {list(allowed)}"
-            )
+    # the MAP-head fields are checked by stop_hf.vllm.siglip.check_map_head (served on LLaVA-OV, refused elsewhere)
     layer = config.saliency_layer
     if layer is None:
         return options
