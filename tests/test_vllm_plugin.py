@@ -621,8 +621,15 @@ def _kept(reports) -> list:
     return sorted(r["index"] for r in reports)
 
 
+#: TP=2 start-ups cost ~45 s each on 2 cores: CI runs Qwen2.5-VL; STOP_HF_VLLM_TP_ALL=1 adds LLaVA-OV (with
+#: MAP-head FastVID) and Qwen3-VL (both pass: 44 s and 39 s here)
+TP_ARCHS = ["qwen2_5_vl"] + (
+    ["llava_onevision", "qwen3_vl"] if os.environ.get("STOP_HF_VLLM_TP_ALL") == "1" else []
+)
+
+
 @serving
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava_onevision", "qwen3_vl"])  # ~1-2 min each on 2 cores
+@pytest.mark.parametrize("arch", TP_ARCHS)
 def test_tensor_parallel_two_equals_one(arch, checkpoints, tmp_path):
     """Each rank holds half the vision heads: the all-reduced signals make both ranks keep the same tokens (kept
     indices of each rank equal TP=1's) and the greedy ids equal TP=1's. TP=2 runs in its own process
