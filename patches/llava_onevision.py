@@ -25,7 +25,7 @@ import torch
 
 from stop_hf import compat
 from stop_hf.hooks import StopState, VideoRecord
-from stop_hf.siglip_head import SiglipMapHead, load_siglip_head
+from stop_hf.siglip_head import SiglipMapHead, load_siglip_head, map_head_use
 from stop_hf.signals import attention_received, head_mean_keys, signal_dtype
 
 from . import register_architecture
@@ -163,8 +163,7 @@ class LlavaOnevisionAdapter(ArchAdapter):
     def capture_plan(self, model: Any, state: StopState) -> SiglipCapturePlan:
         needs = frozenset(state.needs)
         # FastVID's signals: the MAP head's pooled output (global feature) and probe attention (original saliency).
-        head_global = "global_features" in needs and state.config.global_feature in ("auto", "map_head")
-        probe_saliency = "attention" in needs and state.config.saliency_source == "map_head"
+        head_global, probe_saliency = map_head_use(state.config, needs)
         if "global_features" in needs and state.config.global_feature == "mean":
             _warn_mean_feature_once()
         encoder_needs = needs - {"global_features"} - ({"attention"} if probe_saliency else set())

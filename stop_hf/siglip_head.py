@@ -330,16 +330,30 @@ def load_siglip_head(
     return head.to(device=device, dtype=dtype)
 
 
+def map_head_use(config, needs) -> tuple[bool, bool]:
+    """(the MAP head's pooled output is the global feature, its probe attention is the saliency) for a method with
+    these `needs`: `global_feature` auto/map_head and `saliency_source: map_head` (the HF patch and the vLLM plugin)."""
+    head_global = "global_features" in needs and config.global_feature in ("auto", "map_head")
+    probe_saliency = "attention" in needs and config.saliency_source == "map_head"
+    return head_global, probe_saliency
+
+
+def explicit_map_head_fields(config, needs) -> list[str]:
+    """The fields that explicitly ask for a MAP-head signal, as `name='map_head'` (`global_feature: auto` resolves to
+    the frame mean on a tower without the head, so it is not one of them)."""
+    wanted = {
+        "global_feature": "global_features" in needs and config.global_feature == "map_head",
+        "saliency_source": map_head_use(config, needs)[1],
+    }
+    return [f"{name}='map_head'" for name, wants in wanted.items() if wants]
+
+
 def refuse_map_head(config, needs, architecture: str) -> None:
     """For a tower without SigLIP's MAP head: a `StopUnsupportedError` naming the field if the method would read a
     MAP-head signal (`global_feature: auto` resolves to the frame mean there, so only an explicit map_head fails)."""
     from .hooks import StopUnsupportedError  # hooks imports config, which imports this module
 
-    wanted = {
-        "global_feature": "global_features" in needs and config.global_feature == "map_head",
-        "saliency_source": "attention" in needs and config.saliency_source == "map_head",
-    }
-    refused = [f"{name}='map_head'" for name, wants in wanted.items() if wants]
+    refused = explicit_map_head_fields(config, needs)
     if refused:
         raise StopUnsupportedError(
             f"stop_config.{' and '.join(refused)} {'is' if len(refused) == 1 else 'are'} not available on "

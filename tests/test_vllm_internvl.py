@@ -8,12 +8,11 @@ compare each step's log-probability with the HF path's (a wrong position moves t
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
-from test_vllm_plugin import MAX_TOKENS, PROMPT, _frames, serving
+from test_vllm_plugin import MAX_TOKENS, PROMPT, _frames, _video_request, serving
 
 from stop_hf.config import StopConfigError
 from stop_hf.vllm.counts import (
@@ -85,15 +84,7 @@ def test_servable_internvl_checkpoint_round_trips_in_hf(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- serving
 def _request(frames, config=None, rule=None) -> dict:
-    request = {"prompt": PROMPT.format(video="<video>"), "multi_modal_data": {"video": frames}}
-    kwargs = {}
-    if config is not None:
-        kwargs["stop_config"] = config if isinstance(config, str) else json.dumps(config)
-    if rule is not None:
-        kwargs["stop_count_rule"] = rule
-    if kwargs:
-        request["mm_processor_kwargs"] = kwargs
-    return request
+    return _video_request("<video>", frames, config, rule)
 
 
 @pytest.fixture(scope="module")

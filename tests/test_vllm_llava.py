@@ -25,12 +25,13 @@ from stop_hf.config import StopConfig, StopConfigError
 from stop_hf.siglip_head import (
     SiglipHeadError,
     load_siglip_head,
+    map_head_use,
     read_head_tensors,
     save_head,
     save_random_siglip_head,
 )
 from stop_hf.vllm.counts import serve_options, target_count
-from stop_hf.vllm.siglip import ServedSiglipHeadError, check_map_head, head_signals, head_use, served_head
+from stop_hf.vllm.siglip import ServedSiglipHeadError, check_map_head, head_signals, served_head
 
 serving = plugin.serving
 ARCHS = ["qwen2_5_vl", "qwen2_vl", "llava_onevision"]
@@ -121,11 +122,11 @@ def _check_against_hf(report, hf_index, hf_ids, out, options, arch) -> None:
 
 def test_head_use_follows_the_hf_capture_plan():
     needs = {"attention", "global_features"}
-    assert head_use(StopConfig.from_any("fastvid_stop_r25"), needs) == (True, False)
-    assert head_use(StopConfig.from_any("fastvid_original_r25"), needs) == (True, True)
+    assert map_head_use(StopConfig.from_any("fastvid_stop_r25"), needs) == (True, False)
+    assert map_head_use(StopConfig.from_any("fastvid_original_r25"), needs) == (True, True)
     mean = StopConfig(method="fastvid", retention=0.25, global_feature="mean", saliency_source="map_head")
-    assert head_use(mean, needs) == (False, True)
-    assert head_use(StopConfig.from_any("visionzip_stop_r25"), {"attention", "keys"}) == (False, False)
+    assert map_head_use(mean, needs) == (False, True)
+    assert map_head_use(StopConfig.from_any("visionzip_stop_r25"), {"attention", "keys"}) == (False, False)
 
 
 def test_served_head_is_loaded_once_and_equals_the_hf_head(tmp_path):

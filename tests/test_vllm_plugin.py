@@ -272,7 +272,12 @@ def _metadata():
 
 def _request(arch: str, frames, config=None, rule=None) -> dict:
     video = (frames, _metadata()) if arch.startswith("qwen") else frames
-    request = {"prompt": PROMPT.format(video=PLACEHOLDER[arch]), "multi_modal_data": {"video": video}}
+    return _video_request(PLACEHOLDER[arch], video, config, rule)
+
+
+def _video_request(placeholder: str, video, config=None, rule=None) -> dict:
+    """A one-video prompt; `config` (preset, dict or JSON) and `rule` go in the request's mm_processor_kwargs."""
+    request = {"prompt": PROMPT.format(video=placeholder), "multi_modal_data": {"video": video}}
     kwargs = {}
     if config is not None:
         kwargs["stop_config"] = config if isinstance(config, str) else __import__("json").dumps(config)

@@ -50,6 +50,12 @@ from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLMultiModalProcessor,
     Qwen2VLProcessingInfo,
 )
+from vllm.model_executor.models.qwen3_5 import (
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5MoeProcessingInfo,
+    Qwen3_5ProcessingInfo,
+)
 from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLDummyInputsBuilder,
     Qwen3VLForConditionalGeneration,
@@ -66,6 +72,7 @@ from vllm.multimodal.parse import DictEmbeddingItems, EmbeddingItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from ..pruners import PruneInput
+from ..siglip_head import map_head_use
 from ..signals import (
     attention_received,
     block_mean_2x2,
@@ -91,10 +98,17 @@ from .counts import (
     split_positions,
     target_count,
 )
-from .siglip import ServedSiglipHeadError, check_map_head, head_signals, head_use, served_head
+from .siglip import ServedSiglipHeadError, check_map_head, head_signals, served_head
 
 logger = logging.getLogger("vllm.stop_hf")  # under vLLM's configured logger: shown with its INFO logs
 FIELD = "stop_hf_options"
+
+
+def _engine_options(model_config: Any) -> dict[str, Any] | None:
+    """The engine's validated default (`check_engine_config` puts it in the multimodal processor kwargs), or None when
+    the engine was started without a stop config."""
+    kwargs = model_config.multimodal_config.mm_processor_kwargs or {}
+    return kwargs if CONFIG_KEY in kwargs else None
 
 
 # ---------------------------------------------------------------------------------------------------- processors
@@ -106,8 +120,7 @@ class _StopProcessorMixin:
     one_saliency_layer = False
 
     def _stop_engine_defaults(self) -> dict[str, Any] | None:
-        kwargs = self.info.ctx.model_config.multimodal_config.mm_processor_kwargs or {}
-        return kwargs if CONFIG_KEY in kwargs else None
+        return _engine_options(self.info.ctx.model_config)
 
     def _stop_options(self, hf_kwargs: Mapping[str, object]) -> ServeOptions | None:
         defaults = self._stop_engine_defaults()
@@ -119,14 +132,15 @@ class _StopProcessorMixin:
                 )
             return None
         merged = {**defaults, **{k: v for k, v in hf_kwargs.items() if k in (CONFIG_KEY, RULE_KEY)}}
-        vision = getattr(self.info.get_hf_config(), "vision_config", None)
+        hf_config = self.info.get_hf_config()
         try:
             options = served_fields(
-                serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch),
-                self.arch,
-                self.info.get_hf_config(),
+                serve_options(merged[CONFIG_KEY], merged.get(RULE_KEY), self.arch), self.arch, hf_config
             )
-            check_map_head(options.config, self.arch, vision, per_request=True)  # SigLIP head: read once
+            # SigLIP head: read once
+            check_map_head(
+                options.config, self.arch, getattr(hf_config, "vision_config", None), per_request=True
+            )
             engine_layer = json.loads(defaults[CONFIG_KEY]).get("saliency_layer")
             if self.one_saliency_layer and options.active and options.config.saliency_layer != engine_layer:
                 raise ValueError(
@@ -272,9 +286,6 @@ class StopQwen3VLProcessor(_StopProcessorMixin, Qwen3VLMultiModalProcessor):
 
 
 # ---------------------------------------------------------------------------------------------------- models
-def _engine_options(vllm_config: Any) -> dict[str, Any] | None:
-    kwargs = vllm_config.model_config.multimodal_config.mm_processor_kwargs or {}
-    return kwargs if CONFIG_KEY in kwargs else None
 
 
 def _options_per_video(kwargs: dict[str, Any], videos: int) -> list[ServeOptions | None]:
@@ -309,9 +320,32 @@ class _StopModelMixin:
     uses_position_channels = True
     #: the prompt fixes each temporal patch's count (the exact rule then fits each temporal patch)
     per_frame_counts = False
+    #: the multimodal kwarg with one entry per video (counts the videos when they carry no options)
+    video_count_key = "video_grid_thw"
+
+    def embed_multimodal(self, **kwargs: object):
+        """vLLM's own without an engine stop config; else images pass unpruned and videos go to `_stop_videos`."""
+        if self._stop_defaults is None:
+            return super().embed_multimodal(**kwargs)  # type: ignore[misc]
+        per_video = kwargs.get(self.video_count_key)
+        options = _options_per_video(kwargs, 0 if per_video is None else len(per_video))  # type: ignore[arg-type]
+        out: tuple[torch.Tensor, ...] = ()
+        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():  # type: ignore[attr-defined]
+            if inputs is None:
+                continue
+            if modality in ("image", "images"):  # Qwen2-VL and InternVL spell them plural
+                out += tuple(self._stop_image_embeds(inputs))
+            elif modality in ("video", "videos"):
+                out += tuple(self._stop_videos(inputs, options))  # type: ignore[attr-defined]
+        return out
+
+    def _stop_image_embeds(self, inputs: Any) -> list[torch.Tensor]:
+        """Images pass unpruned (with empty position channels where the model uses them)."""
+        embeds = self._process_image_input(inputs)  # type: ignore[attr-defined]
+        return [append_positions(e, None) for e in embeds] if self.uses_position_channels else list(embeds)
 
     def _stop_setup(self, vllm_config: Any) -> None:
-        self._stop_defaults = _engine_options(vllm_config)
+        self._stop_defaults = _engine_options(vllm_config.model_config)
         self._stop_pending: tuple[torch.Tensor, torch.Tensor] | None = None
         #: the last videos' reports, each with its kept `index` (placement order): read by tests and the bench
         self.stop_hf_reports: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
@@ -370,18 +404,25 @@ class _StopModelMixin:
         result = pruner(x)
         reference = result.index  # the method's own selection (HF's kept indices), before the count rule
         target = target_count(options, frames, grid)
+        # the prompt's count per temporal patch (per-frame prompts) or for the whole video
+        per_frame = frame_counts(options, frames, grid) if self.per_frame_counts else None
         changed, fit = 0, {}
         if options.count_rule == "exact":
-            per_frame = self.per_frame_counts and config.method in CONTENT_COUNT_METHODS
-            result, changed = fit_count(
-                result, x, pruner, frame_counts(options, frames, grid) if per_frame else target
-            )
+            # content-dependent methods are fitted per temporal patch there; shape-determined ones are checked below
+            per_patch = per_frame is not None and config.method in CONTENT_COUNT_METHODS
+            result, changed = fit_count(result, x, pruner, per_frame if per_patch else target)
             fit = result.info["count_rule"]
         if result.index.numel() != target:
             raise RuntimeError(
                 f"stop-hf: {config.method} kept {result.index.numel()} tokens but the prompt has {target} placeholders"
                 f" for this video; set {RULE_KEY}='exact'"
             )
+        if per_frame is not None:
+            kept = kept_frame_counts(result.index, frames, grid[0] * grid[1])
+            if kept != per_frame:
+                raise RuntimeError(
+                    f"stop-hf: {config.method} kept {kept} tokens per temporal patch but the prompt has {per_frame}"
+                )
         order = placement_order(result, options.position_mode)
         entry = report_entry(
             options,
@@ -457,21 +498,6 @@ class _StopQwenMixin(_StopModelMixin):
         following = max(int(positions.max()) + 1 if positions.size else 0, next_start)
         delta = following - len(input_tokens)
         return torch.from_numpy(np.ascontiguousarray(positions)), delta
-
-    def embed_multimodal(self, **kwargs: object):
-        if self._stop_defaults is None:
-            return super().embed_multimodal(**kwargs)
-        grids = kwargs.get("video_grid_thw")
-        videos = 0 if grids is None else len(grids)
-        options = _options_per_video(kwargs, videos)  # type: ignore[arg-type]
-        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
-        out: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in by_modality.items():
-            if modality in ("image", "images"):  # Qwen2-VL's keys are plural
-                out += tuple(append_positions(e, None) for e in self._process_image_input(inputs))
-            if modality in ("video", "videos"):
-                out += tuple(self._stop_videos(inputs, options))
-        return out
 
     def _stop_videos(self, inputs: Any, options: list[ServeOptions | None]) -> list[torch.Tensor]:
         grids = inputs["video_grid_thw"].tolist()
@@ -630,13 +656,8 @@ class _StopQwen3Mixin(_StopQwenMixin):
         return torch.cat([kept, features[index.to(features.device), width:]], dim=-1), index
 
     def _stop_offsets(self, options, index, frames, grid, t_factor) -> torch.Tensor:
-        n = grid[0] * grid[1]
-        expected, kept = frame_counts(options, frames, grid), kept_frame_counts(index, frames, n)
-        if kept != expected:
-            raise RuntimeError(
-                f"stop-hf: {options.config.method} kept {kept} tokens per temporal patch but the prompt has {expected}"
-            )
-        return relative_mrope(index % n, grid, 1.0)  # t: the group's own start position
+        # per-temporal-patch counts are checked in `_stop_prune_video`; t: the group's own start position
+        return relative_mrope(index % (grid[0] * grid[1]), grid, 1.0)
 
     def _stop_positions(self, input_tokens, mm_features):
         """vLLM's Qwen3-VL numbering of the unpruned prompt (text sequential; a group's (1, h, w) grid from the
@@ -719,20 +740,7 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self._stop_setup(vllm_config)
 
-    def embed_multimodal(self, **kwargs: object):
-        if self._stop_defaults is None:
-            return super().embed_multimodal(**kwargs)
-        pixels = kwargs.get("pixel_values_videos")
-        videos = 0 if pixels is None else len(pixels)
-        options = _options_per_video(kwargs, videos)  # type: ignore[arg-type]
-        by_modality = self._parse_and_validate_multimodal_inputs(**kwargs)
-        out: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in by_modality.items():
-            if modality == "image":
-                out += tuple(self._process_image_input(inputs))
-            if modality == "video":
-                out += tuple(self._stop_videos(inputs, options))
-        return out
+    video_count_key = "pixel_values_videos"
 
     def _stop_layers(self):
         return self.vision_tower.vision_model.encoder.layers
@@ -750,7 +758,7 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
                 plans.append(None)
                 continue
             needs = set(opt.config.build_pruner().needs)
-            head_global, probe_saliency = head_use(opt.config, needs)
+            head_global, probe_saliency = map_head_use(opt.config, needs)
             plans.append((needs, head_global, probe_saliency))
             encoder = needs & ({"attention", "keys"} - ({"attention"} if probe_saliency else set()))
             if encoder:
@@ -853,12 +861,6 @@ class StopLlavaOnevisionForConditionalGeneration(_StopModelMixin, LlavaOnevision
 # in having no deepstack (`use_deepstack` is False: the vision config has no `deepstack_visual_indexes`), so
 # `_StopQwen3Mixin` prunes the main rows only. Its `embed_input_ids` and `forward` are its own (no deepstack buffers);
 # the mixin wraps them the same way (channels stripped, offsets added to the positions in place).
-from vllm.model_executor.models.qwen3_5 import (  # noqa: E402 - the block stays self-contained for merges
-    Qwen3_5ForConditionalGeneration,
-    Qwen3_5MoeForConditionalGeneration,
-    Qwen3_5MoeProcessingInfo,
-    Qwen3_5ProcessingInfo,
-)
 
 
 class StopQwen3_5Processor(StopQwen3VLProcessor):
@@ -999,19 +1001,10 @@ class StopInternVLForConditionalGeneration(_StopModelMixin, _OneDPositions, Inte
         following = int(positions.max()) + 1 if length else 0
         return torch.from_numpy(np.broadcast_to(positions, (3, length)).copy()), following - length
 
-    def embed_multimodal(self, **kwargs: object):
-        if self._stop_defaults is None:
-            return super().embed_multimodal(**kwargs)
-        frames = kwargs.get("video_num_patches")
-        videos = 0 if frames is None else len(frames)
-        options = _options_per_video(kwargs, videos)  # type: ignore[arg-type]
-        out: tuple[torch.Tensor, ...] = ()
-        for modality, inputs in self._parse_and_validate_multimodal_inputs(**kwargs).items():
-            if modality == "images" and inputs is not None:
-                out += tuple(append_positions(e, None) for e in self._process_vision_input(inputs))
-            if modality == "videos" and inputs is not None:
-                out += tuple(self._stop_videos(inputs, options))
-        return out
+    video_count_key = "video_num_patches"
+
+    def _stop_image_embeds(self, inputs: Any) -> list[torch.Tensor]:
+        return [append_positions(e, None) for e in self._process_vision_input(inputs)]
 
     def _stop_videos(self, inputs: Any, options: list[ServeOptions | None]) -> list[torch.Tensor]:
         if inputs["type"] != "pixel_values_videos":
@@ -1065,11 +1058,6 @@ class StopInternVLForConditionalGeneration(_StopModelMixin, _OneDPositions, Inte
             if kept_index is None:
                 out.append(append_positions(kept, None))
                 continue
-            expected = frame_counts(options[v], count, (side, side))
-            if kept_frame_counts(kept_index, count, side * side) != expected:
-                raise RuntimeError(
-                    f"stop-hf: {options[v].config.method} kept other per-frame counts than {expected}"
-                )
             within = (kept_index % (side * side))[:, None].expand(
                 -1, 3
             )  # offset from the group's first position

@@ -19,7 +19,13 @@ from typing import Any
 import torch
 
 from ..config import StopConfig, StopConfigError
-from ..siglip_head import SiglipHeadError, SiglipMapHead, load_siglip_head
+from ..siglip_head import (
+    SiglipHeadError,
+    SiglipMapHead,
+    explicit_map_head_fields,
+    load_siglip_head,
+    map_head_use,
+)
 from ..signals import signal_dtype
 
 #: the adapter names whose tower is SigLIP without its head (the plugin supplies it)
@@ -29,14 +35,6 @@ HEAD_ARCHITECTURES = ("llava_onevision",)
 class ServedSiglipHeadError(SiglipHeadError, ValueError):
     """The HF path's SigLIP-head error, raised for one request (a ValueError too: vLLM fails that request only and
     its server answers 400)."""
-
-
-def head_use(config: StopConfig, needs: set[str] | frozenset[str]) -> tuple[bool, bool]:
-    """(the MAP head's pooled output is the global feature, its probe attention is the saliency), as the HF patch's
-    capture plan: `global_feature` auto/map_head and `saliency_source: map_head`, for methods that need the signal."""
-    head_global = "global_features" in needs and config.global_feature in ("auto", "map_head")
-    probe_saliency = "attention" in needs and config.saliency_source == "map_head"
-    return head_global, probe_saliency
 
 
 @functools.lru_cache(maxsize=32)
@@ -55,13 +53,10 @@ def check_map_head(config: StopConfig, arch: str, vision_config: Any, *, per_req
     if config.is_identity:
         return
     needs = set(config.build_pruner().needs)
-    head_global, probe_saliency = head_use(config, needs)
+    head_global, probe_saliency = map_head_use(config, needs)
     if arch not in HEAD_ARCHITECTURES:
-        wanted = {
-            "global_feature": "global_features" in needs and config.global_feature == "map_head",
-            "saliency_source": probe_saliency,
-        }
-        refused = [f"{name}='map_head'" for name, wants in wanted.items() if wants]
+        # the HF patch's rule (refuse_map_head); a StopConfigError here, so vLLM fails only that request
+        refused = explicit_map_head_fields(config, needs)
         if refused:
             raise StopConfigError(
                 f"stop_config.{' and '.join(refused)} is not available on {arch}: its vision tower has no SigLIP "
@@ -129,4 +124,4 @@ def head_signals(
     return features, probe.float()
 
 
-__all__ = ["ServedSiglipHeadError", "check_map_head", "head_signals", "head_use", "served_head"]
+__all__ = ["ServedSiglipHeadError", "check_map_head", "head_signals", "served_head"]
